@@ -1,0 +1,211 @@
+"""A GPT language model in plain PyTorch, after nanoGPT's model.py.
+
+    import torch
+    from lab.models.gpt import GPT, GPTConfig
+    model = GPT(GPTConfig(vocab_size=65, block_size=64, n_layer=4, n_head=4, n_embd=128))
+    idx = torch.randint(0, 65, (2, 64))
+    logits = model(idx)                                   # [2, 64, 65]; the caller computes the loss
+    model.num_params(), model.flops_per_token()
+    out = model.generate(idx[:, :1], 100, temperature=0.8, top_k=50,
+                         generator=torch.Generator().manual_seed(0))   # [2, 101]
+
+``Block`` takes ``is_causal`` so the vision transformer in ``lab.models.vision`` reuses
+it with bidirectional attention instead of carrying a second copy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab.errors import ConfigError
+
+
+@dataclass
+class GPTConfig:
+    """Shape of a GPT (the ``model:`` section of a config with ``name: gpt``)."""
+
+    name: str = "gpt"
+    """Registry key; selects GPT."""
+    block_size: int = 64
+    """Longest context in tokens; also the length of the learned position table."""
+    vocab_size: int | None = None
+    """Tokens in the vocabulary; None = taken from the tokenizer at build time."""
+    n_layer: int = 4
+    """Transformer blocks."""
+    n_head: int = 4
+    """Attention heads per block; must divide n_embd."""
+    n_embd: int = 128
+    """Width of the residual stream."""
+    dropout: float = 0.0
+    """Dropout on embeddings, attention weights and residual branches; 0 for small data or pretraining."""
+    bias: bool = False
+    """Biases in Linear and LayerNorm layers; True matches GPT-2, False is a little faster and as good."""
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention; causal (each token sees only the past) unless told otherwise."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = False,
+                 is_causal: bool = True) -> None:
+        super().__init__()
+        if n_head < 1 or n_embd % n_head != 0:
+            raise ConfigError("model.n_head", n_head, f"a divisor of model.n_embd={n_embd}")
+        self.n_head, self.n_embd, self.dropout, self.is_causal = n_head, n_embd, dropout, is_causal
+        # Query, key and value for all heads in one matmul.
+        self.c_attn = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        # [B, T, C] -> [B, n_head, T, head_dim]: heads become a batch dimension.
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        # SDPA picks a flash / memory-efficient kernel where it can; the mask is implicit.
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.is_causal)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    """The feed-forward half of a block: widen 4x, GELU, project back."""
+
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False) -> None:
+        super().__init__()
+        self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = False,
+                 is_causal: bool = True) -> None:
+        super().__init__()
+        # Normalising the branch inputs (not the sum) keeps a clean residual path, which
+        # is what lets deep stacks train without warm-up tricks.
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, is_causal=is_causal)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Decoder-only transformer: token + position embeddings, blocks, LayerNorm, tied LM head."""
+
+    def __init__(self, config: GPTConfig) -> None:
+        super().__init__()
+        if config.vocab_size is None or config.vocab_size < 1:
+            raise ConfigError("model.vocab_size", config.vocab_size,
+                              "a whole number >= 1 (None is only allowed until the tokenizer fills it in)")
+        if config.block_size < 1:
+            raise ConfigError("model.block_size", config.block_size, "a whole number >= 1")
+        if config.n_head < 1 or config.n_embd % config.n_head != 0:
+            raise ConfigError("model.n_head", config.n_head, f"a divisor of model.n_embd={config.n_embd}")
+        self.config = config
+        self.transformer = nn.ModuleDict(dict(
+            wte=nn.Embedding(config.vocab_size, config.n_embd),
+            wpe=nn.Embedding(config.block_size, config.n_embd),
+            drop=nn.Dropout(config.dropout),
+            h=nn.ModuleList(Block(config.n_embd, config.n_head, config.dropout, config.bias)
+                            for _ in range(config.n_layer)),
+            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+        ))
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        # Weight tying (Press & Wolf, 2017): the input embedding and the output projection
+        # share one matrix, which saves vocab_size * n_embd parameters and trains as well.
+        self.transformer.wte.weight = self.lm_head.weight
+        self.apply(self._init_weights)
+        # GPT-2: scale the projections that write into the residual stream by 1/sqrt(2 * n_layer)
+        # (two per block) so the stream's variance does not grow with depth.
+        for name, p in self.named_parameters():
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = False) -> int:
+        """Parameter count, each tied tensor once; ``non_embedding`` leaves out the position table.
+
+        As in nanoGPT, the token embedding stays in the non-embedding count because it is
+        also the output layer's weight.
+        """
+        n = sum(p.numel() for p in self.parameters())  # parameters() yields a shared tensor once
+        if non_embedding:
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token, forward plus backward, at full context.
+
+        ``6 * N + 12 * n_layer * n_embd * block_size`` with ``N = num_params(non_embedding=True)``:
+        6N for the weight matmuls (2 forward, 4 backward) plus the attention scores and
+        weighted sums, from the PaLM paper (Chowdhery et al., 2022), appendix B, as used in
+        nanoGPT's ``estimate_mfu``.
+        """
+        c = self.config
+        return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """Token ids ``[B, T]`` (T <= block_size) -> logits ``[B, T, vocab_size]``."""
+        _, T = idx.shape
+        if T > self.config.block_size:
+            raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
+        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        # Full logits at every position: the caller picks the loss (or the last position).
+        return self.lm_head(self.transformer.ln_f(x))
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Extend ``idx [B, T]`` by sampling ``max_new_tokens`` tokens -> ``[B, T + max_new_tokens]``.
+
+        ``temperature`` (> 0) divides the logits: below 1 sharpens, above 1 flattens.
+        ``top_k`` keeps only the k most likely tokens (clamped to the vocabulary; 1 = greedy).
+        Pass a seeded ``generator`` (on the model's device) for reproducible samples.
+        """
+        if not temperature > 0:  # also refuses NaN
+            raise ValueError(f"temperature must be > 0, got {temperature}")
+        if top_k is not None and top_k < 1:
+            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        was_training = self.training
+        self.eval()  # no dropout while sampling
+        try:
+            for _ in range(max_new_tokens):
+                # Past block_size the model has no position embedding: condition on the tail only.
+                idx_cond = idx[:, -self.config.block_size:]
+                logits = self(idx_cond)[:, -1, :] / temperature
+                if top_k is not None:
+                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+                    logits = logits.masked_fill(logits < kth, float("-inf"))
+                probs = F.softmax(logits, dim=-1)
+                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
+                idx = torch.cat((idx, idx_next), dim=1)
+        finally:
+            self.train(was_training)
+        return idx
