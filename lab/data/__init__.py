@@ -1,0 +1,46 @@
+"""Datasets as Lightning DataModules, picked by the ``data.name`` of a config.
+
+    from lab.data import DATAMODULES
+    config_cls, module_cls = DATAMODULES["text"]
+    dm = module_cls(config_cls(tokenizer="bpe"), block_size=64)   # text also needs block_size
+    dm.prepare_data(); dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+
+    from lab.data import DigitsDataConfig, DigitsDataModule
+    dm = DigitsDataModule(DigitsDataConfig(), seed=1337); dm.setup()
+
+Modules: ``text`` (language modelling on the bundled corpus, local files or a
+verified download; char or byte-level BPE tokens), ``vision`` (sklearn digits),
+``tabular`` (synthetic Friedman regression), ``tokenizers``, and the shared
+helpers in ``splits``, ``corpus`` and ``cache``. Every DataModule checks its
+config in ``__init__`` and raises ``lab.errors.ConfigError`` before doing any work.
+"""
+
+from __future__ import annotations
+
+from lab.data.tabular import RegressionDataConfig, RegressionDataModule
+from lab.data.text import TextDataConfig, TextDataModule
+from lab.data.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer, train_tokenizer
+from lab.data.vision import DigitsDataConfig, DigitsDataModule
+
+DATAMODULES: dict[str, tuple[type, type]] = {
+    "text": (TextDataConfig, TextDataModule),
+    "digits": (DigitsDataConfig, DigitsDataModule),
+    "regression": (RegressionDataConfig, RegressionDataModule),
+}
+"""data.name -> (config dataclass, DataModule class)."""
+
+__all__ = [
+    "DATAMODULES",
+    "BPETokenizer",
+    "CharTokenizer",
+    "DigitsDataConfig",
+    "DigitsDataModule",
+    "RegressionDataConfig",
+    "RegressionDataModule",
+    "TextDataConfig",
+    "TextDataModule",
+    "Tokenizer",
+    "load_tokenizer",
+    "train_tokenizer",
+]
