@@ -1,0 +1,408 @@
+"""The one config shape behind the CLI, the notebooks' widgets and the dashboard.
+
+A config is YAML with ``model:``, ``data:``, ``trainer:`` and ``optimizer:`` sections
+(plus ``experiment`` and ``seed``), overridden by dotted keys as LightningCLI does::
+
+    from lab.config import load_config
+    cfg = load_config("gpt-nano", ["--trainer.max_steps", "200", "--data.path=book.txt"])
+    cfg.model.n_embd          # 128
+    print(to_yaml(cfg))       # the fully resolved config, as `lab fit --print_config` shows it
+
+``model.name`` and ``data.name`` pick the section's dataclass from the registries in
+``lab.models`` and ``lab.data``; the lab never imports a class named in a config, so a
+config file cannot make it run arbitrary code. This module is the only place that
+validates values: every refusal is a ``ConfigError`` naming the field, the value and the
+allowed range, raised before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import yaml
+
+from lab.data import DATAMODULES
+from lab.data.corpus import check_source
+from lab.data.splits import validate_data_config
+from lab.data.tokenizers import MIN_BPE_VOCAB, TOKENIZER_KINDS
+from lab.errors import ConfigError, LabError
+from lab.models import MODELS
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+"""Bundled presets (``configs/`` at the repo's top level links here)."""
+
+STRATEGIES = (
+    "auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp",
+    "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+)
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant")
+# Which data each model family trains on: a mismatch is refused before any work.
+MODEL_DATA = {"gpt": "text", "cnn": "digits", "vit": "digits", "mlp": "regression"}
+
+
+@dataclass
+class TrainerConfig:
+    """How to train: passed to Lightning's Trainer by ``lab.train``."""
+
+    max_steps: int = 600
+    """Optimizer steps to run (each may accumulate several micro-batches)."""
+    accelerator: str = "auto"
+    """auto, cpu, gpu, cuda or mps."""
+    devices: int | str = 1
+    """Devices per node: a count, or "auto" for all visible ones."""
+    num_nodes: int = 1
+    """Machines taking part (see ``lab launch``)."""
+    strategy: str = "auto"
+    """auto, ddp, ddp_spawn, ddp_notebook, fsdp or deepspeed_stage_{2,3}[_offload]."""
+    precision: str = "32-true"
+    """Lightning precision: 32-true, bf16-mixed, 16-mixed, bf16-true, ..."""
+    accumulate_grad_batches: int = 1
+    """Micro-batches per optimizer step (global batch = batch x devices x nodes x this)."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the global gradient norm to this value; null turns clipping off."""
+    val_check_interval: int = 100
+    """Validate (and save best/last checkpoints) every this many training batches."""
+    limit_val_batches: int = 20
+    """Validation batches per check: keeps validation cheap on a laptop."""
+    log_every_n_steps: int = 10
+    """How often training metrics reach TensorBoard."""
+    early_stopping_patience: int | None = None
+    """Stop after this many validations without improvement of val/loss; null = never."""
+    deterministic: bool = False
+    """Ask torch for deterministic kernels (bitwise-reproducible runs, a little slower)."""
+
+
+@dataclass
+class OptimizerConfig:
+    """The optimizer and learning-rate schedule, built by ``lab.modules``."""
+
+    name: str = "adamw"
+    """adamw (decay on matrices only) or sgd."""
+    lr: float = 1e-3
+    """Peak learning rate (never rescaled silently with the batch size)."""
+    weight_decay: float = 0.1
+    """Decoupled weight decay (AdamW) or L2 penalty (SGD)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's moment decay rates."""
+    momentum: float = 0.9
+    """SGD momentum."""
+    warmup_steps: int = 50
+    """Linear warm-up from 0 to lr over this many steps."""
+    schedule: str = "cosine"
+    """After warm-up: cosine decay to min_lr_ratio * lr at max_steps, or constant."""
+    min_lr_ratio: float = 0.1
+    """Final learning rate as a fraction of lr (cosine schedule)."""
+
+
+@dataclass
+class Config:
+    """A whole training job: what to train, on what, and how."""
+
+    experiment: str = "gpt-nano"
+    """Runs are grouped under runs/<experiment>/."""
+    seed: int = 1337
+    """Seeds Python, NumPy, torch and the data windows: same seed, same run."""
+    model: Any = field(default_factory=lambda: MODELS["gpt"][0]())
+    """Model section; ``model.name`` picks gpt, cnn, vit or mlp."""
+    data: Any = field(default_factory=lambda: DATAMODULES["text"][0]())
+    """Data section; ``data.name`` picks text, digits or regression."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Trainer section."""
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    """Optimizer section."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data (lists, not tuples) ready for YAML and JSON."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    return obj
+
+
+SECTIONS: dict[str, type] = {"trainer": TrainerConfig, "optimizer": OptimizerConfig}
+TAGGED: dict[str, dict[str, type]] = {
+    "model": {name: cls for name, (cls, _) in MODELS.items()},
+    "data": {name: cls for name, (cls, _) in DATAMODULES.items()},
+}
+
+
+def list_presets() -> list[str]:
+    """Names of the bundled presets, e.g. ``['digits-cnn', 'gpt-nano', ...]``."""
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Parse a YAML mapping safely (``!!python/...`` tags are refused)."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+        data = yaml.safe_load(text)
+    except FileNotFoundError:
+        raise LabError(f"config file {path} does not exist: give a path or one of the presets {list_presets()}")
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise LabError(f"config file {path} is not valid YAML: {e}".splitlines()[0])
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise LabError(f"config file {path} must hold a mapping with model/data/trainer/optimizer sections")
+    return data
+
+
+def load_config(source: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
+    """Build and validate a Config from a preset name or YAML path plus dotted overrides.
+
+    ``overrides`` is either CLI tokens (``["--trainer.max_steps", "200", "--seed=1"]``)
+    or a mapping (``{"trainer.max_steps": 200}``).
+    """
+    raw: dict[str, Any] = {}
+    if source is not None:
+        path = Path(source)
+        if not path.suffix and (PRESETS_DIR / f"{source}.yaml").exists():
+            path = PRESETS_DIR / f"{source}.yaml"
+        elif not path.exists():
+            raise ConfigError("config", str(source), f"a preset ({', '.join(list_presets())}) or an existing YAML file")
+        raw = read_yaml(path)
+    pairs = dict(overrides) if isinstance(overrides, Mapping) else parse_overrides(list(overrides))
+    for dotted, value in pairs.items():
+        _set_dotted(raw, dotted, value)
+    cfg = from_dict(raw)
+    validate(cfg)
+    return cfg
+
+
+def parse_overrides(tokens: list[str]) -> dict[str, str]:
+    """``["--a.b", "1", "--c=2"]`` -> ``{"a.b": "1", "c": "2"}`` (values stay strings)."""
+    pairs: dict[str, str] = {}
+    i = 0
+    while i < len(tokens):
+        tok = tokens[i]
+        if not tok.startswith("--") or len(tok) == 2:
+            raise LabError(f"unexpected argument {tok!r}: overrides look like --trainer.max_steps 200")
+        key, eq, value = tok[2:].partition("=")
+        if not eq:
+            if i + 1 >= len(tokens):
+                raise LabError(f"--{key} needs a value, e.g. --{key} VALUE")
+            value = tokens[i + 1]
+            i += 1
+        pairs[key] = value
+        i += 1
+    return pairs
+
+
+def _set_dotted(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = raw
+    for p in parents:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(".".join(parents), child, "a section (mapping)")
+        node = child
+    node[leaf] = value
+
+
+def from_dict(raw: Mapping[str, Any]) -> Config:
+    """Turn plain data into a Config, coercing types; unknown keys are refused."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("config", raw, "a mapping with model/data/trainer/optimizer sections")
+    top = {f.name for f in dataclasses.fields(Config)}
+    for key in raw:
+        if key not in top:
+            raise ConfigError(str(key), raw[key], f"a known top-level key ({', '.join(sorted(top))})")
+    kwargs: dict[str, Any] = {}
+    for key in ("experiment", "seed"):
+        if key in raw:
+            kwargs[key] = _coerce(key, raw[key], typing.get_type_hints(Config)[key])
+    for section, cls in SECTIONS.items():
+        kwargs[section] = _build(section, cls, raw.get(section) or {})
+    model_name = str((raw.get("model") or {}).get("name", "gpt"))
+    data_name = str((raw.get("data") or {}).get("name", MODEL_DATA.get(model_name, "text")))
+    for section, name in (("model", model_name), ("data", data_name)):
+        if name not in TAGGED[section]:
+            raise ConfigError(f"{section}.name", name, f"one of {', '.join(TAGGED[section])}")
+    _check(MODEL_DATA[model_name] == data_name, "data.name", data_name,
+           f"{MODEL_DATA[model_name]} (the data model.name={model_name} trains on)")
+    kwargs["model"] = _build("model", TAGGED["model"][model_name], raw.get("model") or {})
+    kwargs["data"] = _build("data", TAGGED["data"][data_name], raw.get("data") or {})
+    return Config(**kwargs)
+
+
+def _build(section: str, cls: type, values: Any) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(section, values, "a mapping of fields")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in hints:
+            raise ConfigError(f"{section}.{key}", value, f"a field of {section} ({', '.join(known)})")
+        kwargs[key] = _coerce(f"{section}.{key}", value, hints[key])
+    return cls(**kwargs)
+
+
+_NULLS = (None, "null", "None", "none", "~")
+
+
+def _coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` (from YAML or the command line) to the annotated type ``tp``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value in _NULLS and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(name, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(name, value, " or ".join(getattr(a, "__name__", str(a)) for a in args))
+    if origin is tuple:
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.startswith("[") else f"[{value}]")
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(name, value, "a list such as [16, 32]")
+        item_types = [args[0]] * len(value) if (len(args) == 2 and args[1] is Ellipsis) else list(args)
+        if len(item_types) != len(value):
+            raise ConfigError(name, value, f"a list of {len(item_types)} values")
+        return tuple(_coerce(name, v, t) for v, t in zip(value, item_types))
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise ConfigError(name, value, "true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            return int(value)
+        raise ConfigError(name, value, "a whole number")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(name, value, "a number") from None
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(name, value, "a string")
+    return value
+
+
+def _check(ok: bool, name: str, value: Any, expected: str, hint: str = "") -> None:
+    if not ok:
+        raise ConfigError(name, value, expected, hint)
+
+
+def validate(cfg: Config) -> None:
+    """Refuse invalid values with a ConfigError naming field, value and allowed range."""
+    _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.experiment)), "experiment", cfg.experiment,
+           "a name of letters, digits, '.', '_' or '-' (it becomes a folder under runs/)")
+    _check(cfg.seed >= 0, "seed", cfg.seed, "a whole number >= 0")
+    m, d, t, o = cfg.model, cfg.data, cfg.trainer, cfg.optimizer
+    _check(MODEL_DATA.get(m.name) == d.name, "data.name", d.name, f"{MODEL_DATA.get(m.name)} (the data model.name={m.name} trains on)")
+    _validate_model(m)
+    _validate_data(d)
+    if m.name == "mlp":
+        _check(m.in_features == d.n_features, "model.in_features", m.in_features,
+               f"data.n_features={d.n_features} (the model's input width must match the data)")
+    _check(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "a whole number >= 1")
+    _check(t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"one of {', '.join(ACCELERATORS)}")
+    _check(t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1), "trainer.devices", t.devices,
+           'a whole number >= 1 or "auto"')
+    _check(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "a whole number >= 1")
+    _check(t.strategy in STRATEGIES, "trainer.strategy", t.strategy, f"one of {', '.join(STRATEGIES)}")
+    _check(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
+    _check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "a whole number >= 1")
+    _check(t.gradient_clip_val is None or t.gradient_clip_val > 0, "trainer.gradient_clip_val", t.gradient_clip_val,
+           "a number > 0, or null for no clipping")
+    for key in ("val_check_interval", "limit_val_batches", "log_every_n_steps"):
+        _check(getattr(t, key) >= 1, f"trainer.{key}", getattr(t, key), "a whole number >= 1")
+    _check(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
+           t.early_stopping_patience, "a whole number >= 1, or null")
+    _check(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
+    _check(o.lr > 0, "optimizer.lr", o.lr, "a number > 0 (typical: 1e-4 to 1e-2 for AdamW)")
+    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
+    _check(all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas), "two numbers in [0, 1)")
+    _check(0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "a number in [0, 1)")
+    _check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "a whole number >= 0")
+    _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
+    _check(0 <= o.min_lr_ratio <= 1, "optimizer.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
+
+
+def _positive(section: str, obj: Any, *names: str) -> None:
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, tuple):
+            _check(len(v) > 0 and all(x >= 1 for x in v), f"{section}.{n}", list(v), "a non-empty list of whole numbers >= 1")
+        else:
+            _check(v >= 1, f"{section}.{n}", v, "a whole number >= 1")
+
+
+def _validate_model(m: Any) -> None:
+    if m.name == "gpt":
+        _positive("model", m, "n_layer", "n_head", "n_embd", "block_size")
+        _check(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size", m.vocab_size,
+               "a whole number >= 1, or null to take it from the tokenizer")
+    elif m.name == "vit":
+        _positive("model", m, "image_size", "patch_size", "n_layer", "n_head", "n_embd", "num_classes")
+        _check(m.image_size % m.patch_size == 0, "model.patch_size", m.patch_size,
+               f"a divisor of model.image_size={m.image_size}")
+    elif m.name == "cnn":
+        _positive("model", m, "channels", "hidden", "num_classes", "image_size")
+    elif m.name == "mlp":
+        _positive("model", m, "in_features", "hidden", "out_features")
+        _check(m.activation in ("relu", "gelu", "tanh"), "model.activation", m.activation, "one of relu, gelu, tanh")
+    if hasattr(m, "n_head"):
+        _check(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head={m.n_head}",
+               "each attention head gets n_embd / n_head channels")
+    if hasattr(m, "dropout"):
+        _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+
+
+def _validate_data(d: Any) -> None:
+    # The checks every DataModule also runs on its own (notebooks build them directly) live
+    # with the data; this adds the ones that only make sense for a whole config.
+    validate_data_config(d)
+    if d.name == "text":
+        check_source(d)
+        _check(d.tokenizer in TOKENIZER_KINDS, "data.tokenizer", d.tokenizer, " or ".join(TOKENIZER_KINDS))
+        _check(d.tokenizer != "bpe" or d.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", d.vocab_size,
+               f"a whole number >= {MIN_BPE_VOCAB} (byte-level BPE starts from 256 byte tokens)")
+        _check(d.path is None or Path(d.path).exists(), "data.path", d.path,
+               "an existing UTF-8 text file or folder", "leave it out to use the bundled corpus")
+    elif d.name == "regression":
+        _positive("data", d, "n_samples", "n_features")
+        _check(d.noise >= 0, "data.noise", d.noise, "a number >= 0")
+
+
+def to_yaml(cfg: Config) -> str:
+    """The fully resolved config as YAML (what ``--print_config`` prints)."""
+    return yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: for hparams tables and config diffs."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
