@@ -1,0 +1,223 @@
+"""LightningModules: loss, metrics and optimizer around the pure-PyTorch models.
+
+    from lab.modules import LanguageModel
+    module = LanguageModel(GPT(GPTConfig(vocab_size=65)), OptimizerConfig(lr=1e-3), max_steps=600)
+    trainer.fit(module, datamodule=dm)
+
+All three share one step for train/val/test and log under namespaced keys
+(``train/loss``, ``val/loss``, ``test/accuracy``...) so TensorBoard groups them.
+Epoch-level metrics go through torchmetrics, which reduces them correctly across ranks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from lab.config import OptimizerConfig
+
+STAGES = ("train", "val", "test")
+
+
+def per_stage(make: Callable[[], nn.Module]) -> nn.ModuleDict:
+    """One metric object per stage (``train_``, ``val_``, ``test_``: ``train`` is taken by nn.Module)."""
+    return nn.ModuleDict({f"{s}_": make() for s in STAGES})
+
+
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms), or SGD with momentum."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.name == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    # The fused kernel is a single launch per step on CUDA; CPU uses the foreach path.
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type == "cuda")
+
+
+def lr_lambda(cfg: OptimizerConfig, max_steps: int) -> Callable[[int], float]:
+    """Multiplier of the peak lr at each step: linear warm-up, then cosine decay (or constant)."""
+
+    def factor(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant" or max_steps <= cfg.warmup_steps:
+            return 1.0
+        progress = min(1.0, (step - cfg.warmup_steps) / (max_steps - cfg.warmup_steps))
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return factor
+
+
+class LabModule(L.LightningModule):
+    """Shared plumbing: one step for every stage, optimizer and schedule, throughput units."""
+
+    unit = "samples"
+    """What throughput counts: ``samples`` or ``tokens``."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None, max_steps: int = 1000) -> None:
+        super().__init__()
+        self.model = model
+        self.optimizer_config = optimizer or OptimizerConfig()
+        self.max_steps = max_steps
+        self._flops_per_unit: float | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def compute(self, batch: Any, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Return (loss, per-batch metrics to log); subclasses update epoch metrics here."""
+        raise NotImplementedError
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        loss, metrics = self.compute(batch, stage)
+        on_step = stage == "train"
+        self.log(f"{stage}/loss", loss, on_step=on_step, on_epoch=not on_step, prog_bar=True,
+                 sync_dist=not on_step, batch_size=len(batch[0]))
+        for key, value in metrics.items():
+            self.log(f"{stage}/{key}", value, on_step=on_step, on_epoch=not on_step, batch_size=len(batch[0]))
+        return loss
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = build_optimizer(self.model, self.optimizer_config, self.device)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.optimizer_config, self.max_steps))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def units_in(self, batch: Any) -> int:
+        """Samples (or tokens) in a batch, for throughput."""
+        return len(batch[0])
+
+    def flops_per_unit(self, batch: Any) -> float:
+        """Training FLOPs (forward + backward) per sample, counted once with torch's FlopCounterMode."""
+        if self._flops_per_unit is None:
+            x, y = batch[0][:1], batch[1][:1]
+            with FlopCounterMode(display=False) as counter:
+                loss, _ = self._loss_only(x, y)
+                loss.backward()
+            self.model.zero_grad(set_to_none=True)
+            self._flops_per_unit = float(counter.get_total_flops())
+        return self._flops_per_unit
+
+    def _loss_only(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = self.model(x)
+        return self.loss(logits, y), logits
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class LanguageModel(LabModule):
+    """Next-token cross-entropy; logs perplexity, bits per token and a generated sample."""
+
+    unit = "tokens"
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None, max_steps: int = 1000,
+                 decode: Callable[[list[int]], str] | None = None, sample_tokens: int = 200) -> None:
+        super().__init__(model, optimizer, max_steps)
+        self.decode = decode
+        self.sample_tokens = sample_tokens
+        # Token-weighted mean loss per stage; perplexity is exp of the mean loss, not a mean of exps.
+        self.mean_loss = per_stage(torchmetrics.MeanMetric)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
+
+    def compute(self, batch: Any, stage: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x, y = batch
+        loss, _ = self._loss_only(x, y)
+        if stage != "train":
+            self.mean_loss[f"{stage}_"].update(loss.detach(), weight=y.numel())
+        return loss, {}
+
+    def _step(self, batch: Any, stage: str) -> torch.Tensor:
+        loss, _ = self.compute(batch, stage)
+        if stage == "train":
+            self.log("train/loss", loss, on_step=True, prog_bar=True, batch_size=len(batch[0]))
+        return loss
+
+    def _log_epoch(self, stage: str) -> None:
+        mean = self.mean_loss[f"{stage}_"].compute()
+        self.mean_loss[f"{stage}_"].reset()
+        self.log_dict({f"{stage}/loss": mean, f"{stage}/perplexity": torch.exp(mean),
+                       f"{stage}/bits_per_token": mean / math.log(2)}, prog_bar=stage == "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_epoch("val")
+        if not self.trainer.sanity_checking and self.trainer.is_global_zero and self.decode and self.logger:
+            self.logger.experiment.add_text("samples", self.sample(self.sample_tokens), self.global_step)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_epoch("test")
+
+    def units_in(self, batch: Any) -> int:
+        return batch[0].numel()
+
+    def flops_per_unit(self, batch: Any) -> float:
+        return float(self.model.flops_per_token())
+
+    def sample(self, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50, seed: int = 0) -> str:
+        """Generate text from token 0 (a newline for the char tokenizer of the bundled corpus)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed)
+        start = torch.zeros((1, 1), dtype=torch.long, device=self.device)
+        out = self.model.generate(start, max_new_tokens, temperature=temperature, top_k=top_k, generator=gen)
+        return self.decode(out[0].tolist()) if self.decode else str(out[0].tolist())
+
+
+class Classifier(LabModule):
+    """Cross-entropy; accuracy and macro-F1 through torchmetrics."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None, max_steps: int = 1000,
+                 num_classes: int = 10) -> None:
+        super().__init__(model, optimizer, max_steps)
+        self.metrics = per_stage(lambda: torchmetrics.MetricCollection({
+            "accuracy": torchmetrics.classification.MulticlassAccuracy(num_classes, average="micro"),
+            "macro_f1": torchmetrics.classification.MulticlassF1Score(num_classes, average="macro"),
+        }))
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, target)
+
+    def compute(self, batch: Any, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = batch
+        loss, logits = self._loss_only(x, y)
+        self.metrics[f"{stage}_"](logits.detach(), y)  # forward: batch value + epoch state
+        return loss, dict(self.metrics[f"{stage}_"].items())
+
+
+class Regressor(LabModule):
+    """Mean squared error; MAE and R² through torchmetrics."""
+
+    def __init__(self, model: nn.Module, optimizer: OptimizerConfig | None = None, max_steps: int = 1000) -> None:
+        super().__init__(model, optimizer, max_steps)
+        self.metrics = per_stage(lambda: torchmetrics.MetricCollection({
+            "mse": torchmetrics.MeanSquaredError(),
+            "mae": torchmetrics.MeanAbsoluteError(),
+            "r2": torchmetrics.R2Score(),
+        }))
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(output, target)
+
+    def compute(self, batch: Any, stage: str) -> tuple[torch.Tensor, dict[str, Any]]:
+        x, y = batch
+        loss, out = self._loss_only(x, y)
+        self.metrics[f"{stage}_"](out.detach().flatten(), y.flatten())
+        return loss, dict(self.metrics[f"{stage}_"].items())

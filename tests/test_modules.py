@@ -1,0 +1,85 @@
+"""LightningModules: losses, metrics, optimizer groups, schedule and FLOP counting."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from lab.config import OptimizerConfig
+from lab.models.gpt import GPT, GPTConfig
+from lab.models.mlp import MLP, MLPConfig
+from lab.models.vision import CNN, CNNConfig
+from lab.modules import Classifier, LanguageModel, Regressor, build_optimizer, lr_lambda
+
+
+def test_schedule_warms_up_then_decays_to_min_ratio() -> None:
+    cfg = OptimizerConfig(warmup_steps=10, min_lr_ratio=0.1)
+    f = lr_lambda(cfg, max_steps=110)
+    assert f(0) == pytest.approx(0.1) and f(9) == pytest.approx(1.0)
+    assert f(60) == pytest.approx(0.55)  # half-way through the cosine
+    assert f(110) == pytest.approx(0.1) and f(500) == pytest.approx(0.1)
+    const = lr_lambda(OptimizerConfig(warmup_steps=0, schedule="constant"), 100)
+    assert const(0) == const(99) == 1.0
+
+
+def test_adamw_decays_matrices_only() -> None:
+    model = GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=4, bias=True))
+    opt = build_optimizer(model, OptimizerConfig(weight_decay=0.1), torch.device("cpu"))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decay["params"]) and all(p.dim() < 2 for p in no_decay["params"])
+    n = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n == model.num_params()
+    sgd = build_optimizer(model, OptimizerConfig(name="sgd", momentum=0.5), torch.device("cpu"))
+    assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.5
+
+
+def test_language_model_initial_loss_near_uniform() -> None:
+    torch.manual_seed(0)
+    vocab = 50
+    module = LanguageModel(GPT(GPTConfig(vocab_size=vocab, n_layer=2, n_head=2, n_embd=16, block_size=8)))
+    x = torch.randint(0, vocab, (4, 8))
+    loss, _ = module.compute((x, x.roll(-1, 1)), "train")
+    assert loss.ndim == 0 and abs(loss.item() - math.log(vocab)) < 0.3
+    assert module.units_in((x, x)) == 32
+    assert module.flops_per_unit((x, x)) == module.model.flops_per_token()
+
+
+def test_language_model_perplexity_is_exp_of_token_weighted_mean() -> None:
+    module = LanguageModel(GPT(GPTConfig(vocab_size=7, n_layer=1, n_head=1, n_embd=8, block_size=4)))
+    module.mean_loss["val_"].update(torch.tensor(1.0), weight=10)
+    module.mean_loss["val_"].update(torch.tensor(3.0), weight=30)
+    assert module.mean_loss["val_"].compute().item() == pytest.approx(2.5)
+
+
+def test_sample_decodes_and_is_reproducible() -> None:
+    module = LanguageModel(GPT(GPTConfig(vocab_size=5, n_layer=1, n_head=1, n_embd=8, block_size=4)),
+                           decode=lambda ids: "".join("abcde"[i] for i in ids))
+    a, b = module.sample(20, seed=3), module.sample(20, seed=3)
+    assert a == b and len(a) == 21 and set(a) <= set("abcde")
+
+
+def test_classifier_metrics_and_flops() -> None:
+    torch.manual_seed(0)
+    module = Classifier(CNN(CNNConfig()), num_classes=10).eval()  # dropout and batch norm off, as in validation
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))
+    loss, metrics = module.compute((x, y), "val")
+    assert loss.item() > 0 and set(metrics) == {"accuracy", "macro_f1"}
+    acc = module.metrics["val_"]["accuracy"].compute().item()
+    pred = module.model(x).argmax(-1)
+    assert acc == pytest.approx((pred == y).float().mean().item())
+    assert module.flops_per_unit((x, y)) > 0
+
+
+def test_regressor_metrics_and_exact_flops_of_seed_mlp() -> None:
+    module = Regressor(MLP(MLPConfig()))
+    x, y = torch.randn(32, 10), torch.randn(32, 1)
+    loss, metrics = module.compute((x, y), "test")
+    out = module.model(x)
+    assert loss.item() == pytest.approx(torch.nn.functional.mse_loss(out, y).item(), rel=1e-5)
+    assert set(metrics) == {"mse", "mae", "r2"}
+    # forward 2*(10*20 + 20*1); backward: both weight gradients (same again) plus the
+    # input gradient of the second layer only (the data needs no gradient): 2*20*1
+    assert module.flops_per_unit((x, y)) == 2 * 220 + 2 * 220 + 2 * 20
