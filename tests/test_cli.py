@@ -1,0 +1,96 @@
+"""The ``lab`` command: help, print_config, refusals with exit code 2, runs, sample, README."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from lab import runs
+from lab.cli import main
+from lab.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ["--trainer.max_steps", "12", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "2",
+        "--model.n_layer", "1", "--model.n_embd", "32", "--model.n_head", "2", "--model.block_size", "16"]
+
+
+def test_help_lists_commands(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    for cmd in ("fit", "quickstart", "runs", "sample"):
+        assert cmd in out
+
+
+def test_fit_help_explains_overrides(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    assert "--trainer.max_steps" in capsys.readouterr().out
+
+
+def test_print_config_is_resolved_yaml(capsys: pytest.CaptureFixture) -> None:
+    assert main(["fit", "--config", "digits-cnn", "--print_config", "--trainer.max_steps", "7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["trainer"]["max_steps"] == 7
+    assert printed == load_config("digits-cnn", {"trainer.max_steps": 7}).to_dict()
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["fit", "--optimizer.lr", "-1"], "optimizer.lr"),
+    (["fit", "--config", "nope"], "preset"),
+    (["fit", "--model.n_head", "3"], "model.n_embd"),
+    (["fit", "--data.path", "/missing.txt"], "data.path"),
+    (["sample", "no-such-run"], "not a run folder"),
+])
+def test_user_errors_exit_2_with_one_line(argv, needle, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main([*argv, "--runs_dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err and err.startswith("error: ")
+    assert not any(tmp_path.iterdir())
+
+
+def test_unknown_flag_on_runs_is_an_argparse_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["runs", "--bogus", "1"])
+    assert e.value.code == 2
+
+
+def test_fit_runs_and_sample(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert main(["fit", "--runs_dir", str(tmp_path), *TINY]) == 0
+    assert "completed" in capsys.readouterr().out
+    (run,) = runs.list_runs(tmp_path)
+    assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
+    assert run.name in capsys.readouterr().out
+    assert main(["sample", run.name, "--runs_dir", str(tmp_path), "--tokens", "25", "--seed", "1"]) == 0
+    first = capsys.readouterr().out
+    assert main(["sample", "last", "--runs_dir", str(tmp_path), "--tokens", "25", "--seed", "1"]) == 0
+    assert capsys.readouterr().out == first and len(first) >= 25
+
+
+def test_readme_opens_with_the_two_commands() -> None:
+    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    install_run, install_test = blocks[0].strip(), blocks[1].strip()
+    assert "pip install" in install_run and install_run.endswith("lab quickstart")
+    assert "pip install" in install_test and "pytest" in install_test
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert "pytest" in ci and "torch==2.13.0" in ci
+
+
+def test_quickstart_console_script(tmp_path: Path) -> None:
+    """The installed ``lab`` script runs the README's main job (shortened) in a fresh folder."""
+    exe = shutil.which("lab") or pytest.fail("the `lab` console script is not installed: pip install -e .")
+    env = {**os.environ, "LAB_RUNS_DIR": str(tmp_path / "runs")}
+    proc = subprocess.run([exe, "quickstart", *TINY, "--tokens", "30"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "A sample from the best checkpoint" in proc.stdout
+    assert "tensorboard --logdir" in proc.stdout and "streamlit run dashboard/app.py" in proc.stdout
+    (run,) = runs.list_runs(tmp_path / "runs")
+    assert run.status == "completed"
