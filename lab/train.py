@@ -13,8 +13,8 @@ It records the run's life in summary.json: ``running`` -> ``completed`` / ``fail
 
 from __future__ import annotations
 
-import math
 import time
+from pathlib import Path
 from typing import Any, Iterable
 
 import lightning as L
@@ -175,8 +175,6 @@ def load_module(run: runs.Run, which: str = "best") -> LabModule:
     ``which`` is ``best``, ``last`` or a path; loading uses ``torch.load(weights_only=True)``,
     so a checkpoint cannot execute code.
     """
-    from pathlib import Path
-
     path = run.checkpoint(which) if which in ("best", "last") else Path(which)
     if not path.exists():
         raise LabError(f"no checkpoint {path}: the run has {sorted(p.name for p in run.checkpoints_dir.glob('*.ckpt'))}")
@@ -204,5 +202,15 @@ class _TokenizerOnly:
         self.tokenizer, self.vocab_size = tokenizer, tokenizer.vocab_size
 
 
-def perplexity(loss: float) -> float:
-    return math.exp(loss)
+def train_module(module: L.LightningModule, dm: L.LightningDataModule, max_steps: int,
+                 gradient_clip_val: float | None = 1.0, seed: int = 1337) -> L.LightningModule:
+    """Train ``module`` for ``max_steps`` with no run folder, logger or checkpoints.
+
+    For short fine-tunes inside other jobs (pruning, distillation); a full run uses ``fit``.
+    """
+    L.seed_everything(seed, workers=True, verbose=False)
+    trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                        num_sanity_val_steps=0, gradient_clip_val=gradient_clip_val)
+    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    return module.eval()
