@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -245,4 +246,5 @@ def test_build_model_refuses_unknown_name():
 
 def test_models_do_not_import_lightning():
     code = "import sys, lab.models; sys.exit('lightning' in sys.modules or 'pytorch_lightning' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+    repo = Path(__file__).resolve().parents[1]
+    assert subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True).returncode == 0
