@@ -1,0 +1,52 @@
+"""lab doctor --bench: the measurements run, the all-reduce works across 2 processes, the peak is cached for MFU."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lab import bench, env
+from lab.env_text import bench_lines
+from lab.fileio import default_cache_dir
+
+
+def test_memory_bandwidth_is_positive() -> None:
+    assert bench.memory_bandwidth("cpu", nbytes=8 * 2**20, seconds=0.05) > 0
+
+
+def test_allreduce_between_two_local_processes() -> None:
+    r = bench.allreduce(world_size=2, nbytes=2**20, timeout=120)
+    assert "error" not in r, r
+    assert r["backend"] == "gloo" and r["world_size"] == 2
+    assert r["latency_s"] > 0 and r["bus_bandwidth"] > 0 and r["bytes"] == 2**20
+
+
+def test_run_caches_the_measured_peak_for_the_mfu_callback(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # A cache of its own: the session's cached peak must stay the real one for the training tests.
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    # Fake the slow parts: the point is where the numbers go, not how fast this machine is.
+    monkeypatch.setattr(env, "matmul_flops", lambda n=1024, dtype=None, device="cpu", seconds=0.5: 1.25e11)
+    monkeypatch.setattr(bench, "memory_bandwidth", lambda *a, **k: 9e9)
+    monkeypatch.setattr(bench, "allreduce", lambda *a, **k: {"backend": "gloo", "world_size": 2, "latency_s": 1e-4,
+                                                            "bytes": 2**20, "seconds": 1e-3, "bus_bandwidth": 1e9})
+    result = bench.run(seconds=0.01)
+    assert result["cpu_matmul_fp32"] == result["peak_flops_cached"] == 1.25e11
+    # What lab.train hands the Throughput callback: the cached measurement, not a new probe.
+    monkeypatch.setattr(env, "matmul_flops", lambda *a, **k: pytest.fail("peak_flops should read the cache"))
+    assert env.peak_flops("cpu") == 1.25e11
+    assert json.loads((default_cache_dir() / "bench.json").read_text())["host_memory_bandwidth"] == 9e9
+    assert bench.last()["allreduce"]["bus_bandwidth"] == 1e9
+    text = "\n".join(bench_lines(result))
+    assert "CPU matmul fp32" in text and "125 GFLOP/s" in text and "all-reduce latency" in text
+
+
+def test_a_failed_measurement_is_reported_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*a, **k):
+        raise RuntimeError("no bf16 here")
+
+    monkeypatch.setattr(env, "matmul_flops", broken)
+    assert bench._safe(env.matmul_flops, 1024).startswith("error: RuntimeError")
+    lines = "\n".join(bench_lines({"cpu_matmul_bf16": "error: RuntimeError: no bf16 here",
+                                   "allreduce": {"backend": "gloo", "error": "timed out after 60 s"}}))
+    assert "error: RuntimeError" in lines and "failed: timed out" in lines
