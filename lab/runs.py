@@ -6,8 +6,9 @@
         checkpoints/           best.ckpt, last.ckpt
         tokenizer.json         text runs: what sampling and evaluation decode with
         summary.json           status, times, metrics, parameter count, throughput, environment
-        reports/               evaluation reports
-        compressed/<method>/   compressed artifacts
+        reports/               evaluation reports: eval-<ckpt>.json, confusion-<ckpt>.png
+        compressed/<method>/   compressed artifacts with report.json; comparison.json, pareto.png
+        export/<format>/       deployable artifacts (onnx, torchscript, safetensors)
 
 Usage::
 
@@ -92,6 +93,19 @@ class Run:
 
     def compressed_dir(self, method: str) -> Path:
         return self.path / "compressed" / method
+
+    @property
+    def compressed_root(self) -> Path:
+        """``compressed/``: one folder per method, plus comparison.json and pareto.png."""
+        return self.path / "compressed"
+
+    def eval_report(self, label: str) -> Path:
+        """``reports/eval-<label>.json`` (label: best, last, or a checkpoint file's stem)."""
+        return self.reports_dir / f"eval-{label}.json"
+
+    def export_dir(self, fmt: str) -> Path:
+        """``export/<fmt>/``: a self-contained deployable artifact (onnx, torchscript, safetensors)."""
+        return self.path / "export" / fmt
 
 
 def now_iso() -> str:

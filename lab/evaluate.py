@@ -1,0 +1,499 @@
+"""Measured reports for a run: quality on a held-out split and the cost of running the model.
+
+    from lab.evaluate import evaluate
+    report = evaluate("gpt-nano/20261128-120000-ab12")          # best checkpoint, test split
+    report["quality"]["perplexity"], report["cost"]["latency"]["b32"]["p50_ms"]
+    # also written to runs/<exp>/<run>/reports/eval-best.json and logged to TensorBoard (eval/best/...)
+
+The pieces are reusable, so a quantized module, an ONNX Runtime session and the original
+model are all measured by the same code (``lab.compress`` does exactly that)::
+
+    q = quality(predict, dm, "test", "lm")          # predict: input batch -> outputs
+    c = cost(predict, example_batch)                # latency p50/p95 at batch 1 and 32, memory
+
+Quality is deterministic: the val/test loaders are sequential, losses are summed in float64
+and the thread count is fixed, so evaluating twice gives identical figures. Latency is
+timed after warm-up with ``torch.set_num_threads`` fixed (and recorded); peak memory is the
+process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``)
+during one batch-32 call, which sees PyTorch, oneDNN and ONNX Runtime allocations alike
+(``tracemalloc`` would only see Python objects).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+import resource
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lab import runs
+from lab.config import Config, from_dict
+from lab.errors import LabError
+from lab.fileio import atomic_write, write_json
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+KINDS = ("lm", "classifier", "regressor")
+PRIMARY = {"lm": ("loss", False), "classifier": ("accuracy", True), "regressor": ("mse", False)}
+"""Kind -> (the quality figure compression deltas are taken on, higher is better?)."""
+SPLITS = ("test", "val")
+REPORT_VERSION = 1
+
+
+def kind_of(cfg: Config) -> str:
+    """``lm`` for gpt, ``regressor`` for mlp, ``classifier`` for the image models."""
+    return {"gpt": "lm", "mlp": "regressor"}.get(cfg.model.name, "classifier")
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def run_config(run: runs.Run) -> Config:
+    """The run's Config, refusing folders that have no config.yaml."""
+    if not run.config:
+        raise LabError(f"{run.path} has no config.yaml: it is not a complete run (`lab runs` lists the runs)")
+    return from_dict(run.config)
+
+
+def checkpoint_path(run: runs.Run, ckpt: str) -> Path:
+    return run.checkpoint(ckpt) if ckpt in ("best", "last") else Path(ckpt)
+
+
+def checkpoint_label(ckpt: str) -> str:
+    """``best``/``last``, or a checkpoint path's stem made safe for a file name."""
+    if ckpt in ("best", "last"):
+        return ckpt
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", Path(ckpt).stem).strip("._") or "ckpt"
+
+
+def load_checked(run: runs.Run, ckpt: str = "best") -> Any:
+    """``lab.train.load_module`` with every failure turned into a one-line ``LabError``.
+
+    Missing, truncated or pickled-object checkpoints are refused by ``load_module``
+    (``weights_only=True``); a state_dict whose shapes or keys do not match the run's
+    config is refused here.
+    """
+    from lab.train import load_module
+
+    run_config(run)
+    path = checkpoint_path(run, ckpt)
+    if not path.is_file():
+        have = sorted(p.name for p in run.checkpoints_dir.glob("*.ckpt")) if run.checkpoints_dir.is_dir() else []
+        raise LabError(f"no checkpoint {path}: the run has {have or 'no checkpoints'}")
+    try:
+        return load_module(run, ckpt)
+    except LabError:
+        raise
+    except FileNotFoundError as e:
+        raise LabError(f"{run.name}: {e.filename or e} is missing; the run folder is incomplete") from None
+    except RuntimeError as e:
+        first = str(e).splitlines()[0][:200]
+        detail = "; ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
+        raise LabError(f"checkpoint {path} does not match the run's config.yaml ({first} {detail})") from None
+
+
+def load_data(cfg: Config, split: str, module: Any = None) -> Any:
+    """The run's DataModule, prepared and set up for fitting and for ``split``."""
+    from lab.train import build_datamodule
+
+    if split not in SPLITS:
+        raise LabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
+    if split == "test" and cfg.data.test_fraction <= 0:
+        raise LabError("this run has no test split (data.test_fraction = 0): use --split val")
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test" if split == "test" else "validate")
+    vocab = getattr(getattr(module, "model", None), "config", None)
+    vocab = getattr(vocab, "vocab_size", None)
+    if vocab is not None and getattr(dm, "vocab_size", None) and dm.vocab_size > vocab:
+        raise LabError(f"the data now has {dm.vocab_size} tokens but the checkpoint's model has {vocab}: "
+                       "the corpus changed since training")
+    return dm
+
+
+def loader(dm: Any, split: str) -> Iterable[Any]:
+    return dm.test_dataloader() if split == "test" else dm.val_dataloader()
+
+
+def example_batch(dm: Any, split: str = "val") -> torch.Tensor:
+    """The first input batch of ``split`` (real data, for latency, parity and export)."""
+    return next(iter(loader(dm, split)))[0]
+
+
+# --------------------------------------------------------------------------- quality
+
+
+class _Threads:
+    """Fix ``torch.set_num_threads`` inside the block and restore it afterwards."""
+
+    def __init__(self, n: int | None) -> None:
+        self.n = int(n) if n else torch.get_num_threads()
+
+    def __enter__(self) -> int:
+        self.before = torch.get_num_threads()
+        torch.set_num_threads(self.n)
+        return self.n
+
+    def __exit__(self, *exc: Any) -> None:
+        torch.set_num_threads(self.before)
+
+
+def quality(predict: Predict, dm: Any, split: str, kind: str, max_batches: int | None = None,
+            threads: int | None = None) -> dict[str, Any]:
+    """Quality of ``predict`` on ``split`` (sequential batches, so always the same figures).
+
+    - ``lm``: loss (nats/token), perplexity = exp(loss), bits per token and per character
+    - ``classifier``: loss, accuracy, macro-F1, per-class precision/recall, confusion matrix
+      (rows: true class, columns: predicted)
+    - ``regressor``: MSE, MAE, R²
+
+    ``primary`` names the figure compression deltas use, and whether higher is better.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    tokenizer = getattr(dm, "tokenizer", None)
+    count_chars = kind == "lm" and tokenizer is not None and type(tokenizer).__name__ != "CharTokenizer"
+    nll = 0.0
+    n = 0
+    chars = 0
+    preds: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    sq = ab = 0.0
+    with _Threads(threads), torch.inference_mode():
+        for i, (x, y) in enumerate(loader(dm, split)):
+            if max_batches is not None and i >= max_batches:
+                break
+            out = torch.as_tensor(predict(x)).float()
+            if kind == "lm":
+                nll += float(F.cross_entropy(out.flatten(0, 1), y.flatten(), reduction="sum").double())
+                n += y.numel()
+                if count_chars:
+                    chars += sum(len(tokenizer.decode(row.tolist())) for row in y)
+            elif kind == "classifier":
+                nll += float(F.cross_entropy(out, y, reduction="sum").double())
+                n += len(y)
+                preds.append(out.argmax(-1))
+                targets.append(y)
+            else:
+                d = out.reshape(y.shape).double() - y.double()
+                sq += float((d * d).sum())
+                ab += float(d.abs().sum())
+                n += y.numel()
+                targets.append(y.double().flatten())
+    if n == 0:
+        raise LabError(f"the {split} split is empty: nothing to evaluate")
+    name, higher = PRIMARY[kind]
+    if kind == "lm":
+        loss = nll / n
+        chars = chars if count_chars else n
+        bpt = loss / math.log(2)
+        q: dict[str, Any] = {"loss": loss, "perplexity": math.exp(loss), "bits_per_token": bpt,
+                             "bits_per_character": bpt * n / chars if count_chars else bpt,
+                             "tokens": n, "characters": chars}
+    elif kind == "classifier":
+        q = _classification(torch.cat(preds), torch.cat(targets), _num_classes(dm, targets))
+        q["loss"] = nll / n
+    else:
+        t = torch.cat(targets)
+        ss_tot = float(((t - t.mean()) ** 2).sum())
+        mse = sq / n
+        q = {"mse": mse, "mae": ab / n, "r2": 1.0 - sq / ss_tot if ss_tot > 0 else float("nan"),
+             "rmse": math.sqrt(mse), "samples": n}
+    q["primary"] = {"name": name, "value": q[name], "higher_is_better": higher}
+    q["split"] = split
+    return q
+
+
+def _num_classes(dm: Any, targets: list[torch.Tensor]) -> int:
+    n = getattr(getattr(dm, "config", None), "num_classes", None)
+    return int(n) if n else int(max(int(t.max()) for t in targets)) + 1
+
+
+def _classification(pred: torch.Tensor, true: torch.Tensor, k: int) -> dict[str, Any]:
+    k = max(k, int(pred.max()) + 1, int(true.max()) + 1)
+    cm = torch.bincount(true * k + pred, minlength=k * k).reshape(k, k).double()
+    tp = cm.diag()
+    support, predicted = cm.sum(1), cm.sum(0)
+    precision = torch.where(predicted > 0, tp / predicted.clamp(min=1), torch.zeros_like(tp))
+    recall = torch.where(support > 0, tp / support.clamp(min=1), torch.zeros_like(tp))
+    f1 = torch.where(precision + recall > 0, 2 * precision * recall / (precision + recall).clamp(min=1e-12),
+                     torch.zeros_like(tp))
+    return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean()),
+            "precision": [float(v) for v in precision], "recall": [float(v) for v in recall],
+            "support": [int(v) for v in support], "confusion_matrix": cm.long().tolist(), "samples": int(cm.sum())}
+
+
+# --------------------------------------------------------------------------- cost
+
+
+def make_batch(example: torch.Tensor, batch: int) -> torch.Tensor:
+    """``batch`` rows cycled from ``example`` (real inputs at any batch size)."""
+    idx = torch.arange(batch) % example.shape[0]
+    return example[idx].contiguous()
+
+
+def _proc_status() -> dict[str, int] | None:
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in ("VmHWM", "VmRSS")}
+    except (OSError, ValueError):
+        return None
+
+
+def peak_memory(predict: Predict, x: torch.Tensor) -> dict[str, Any]:
+    """Peak resident memory of the process during one ``predict(x)`` call, and its increase.
+
+    Linux: reset the high-water mark (``echo 5 > /proc/self/clear_refs``), read ``VmHWM``
+    after the call. Elsewhere: ``resource.getrusage`` max RSS, which cannot be reset, so the
+    increase may read 0 when an earlier peak was higher (the report says which ran).
+    """
+    before = _proc_status()
+    reset = False
+    if before is not None:
+        try:
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")
+            reset = True
+            before = _proc_status()
+        except OSError:
+            reset = False
+    rss0 = before["VmRSS"] if before else None
+    ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    with torch.inference_mode():
+        predict(x)
+    if reset:
+        after = _proc_status()
+        return {"method": "VmHWM after /proc/self/clear_refs=5 (process peak RSS during one call)",
+                "peak_rss_mb": after["VmHWM"] / 2**20, "increase_mb": max(0, after["VmHWM"] - rss0) / 2**20}
+    ru1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return {"method": "resource.getrusage ru_maxrss (not resettable: increase is a lower bound)",
+            "peak_rss_mb": ru1 / 2**20, "increase_mb": max(0, ru1 - ru0) / 2**20}
+
+
+def cost(predict: Predict, example_input: torch.Tensor, batch_sizes: Iterable[int] = (1, 32), warmup: int = 3,
+         repeats: int = 20, threads: int | None = None, tokens_per_sample: int | None = None) -> dict[str, Any]:
+    """Latency p50/p95 (ms) per batch size, throughput, and peak memory of ``predict``.
+
+    Each batch size is warmed up ``warmup`` times, then timed ``repeats`` times with
+    ``time.perf_counter`` under ``torch.inference_mode`` with the thread count fixed.
+    Throughput is samples (and tokens, for token inputs) per second at the median latency.
+    """
+    if repeats < 1 or warmup < 0:
+        raise LabError("repeats must be >= 1 and warmup >= 0")
+    batch_sizes = sorted({int(b) for b in batch_sizes})
+    if tokens_per_sample is None and not example_input.is_floating_point() and example_input.dim() == 2:
+        tokens_per_sample = int(example_input.shape[1])
+    latency: dict[str, Any] = {}
+    with _Threads(threads) as n_threads:
+        memory = peak_memory(predict, make_batch(example_input, max(batch_sizes)))
+        with torch.inference_mode():
+            for b in batch_sizes:
+                x = make_batch(example_input, b)
+                for _ in range(warmup):
+                    predict(x)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    predict(x)
+                    times.append(time.perf_counter() - start)
+                ms = np.asarray(times) * 1000
+                p50 = float(np.percentile(ms, 50))
+                entry = {"batch": b, "p50_ms": p50, "p95_ms": float(np.percentile(ms, 95)),
+                         "mean_ms": float(ms.mean()), "samples_per_s": b / (p50 / 1000)}
+                if tokens_per_sample:
+                    entry["tokens_per_s"] = b * tokens_per_sample / (p50 / 1000)
+                latency[f"b{b}"] = entry
+    return {"threads": n_threads, "warmup": warmup, "repeats": repeats, "input_shape": list(example_input.shape[1:]),
+            "latency": latency, "peak_memory": memory}
+
+
+def compare_latency(baseline: Predict, candidate: Predict, example_input: torch.Tensor,
+                    batch_sizes: Iterable[int] = (1, 32), warmup: int = 3, repeats: int = 20,
+                    threads: int | None = None) -> dict[str, Any]:
+    """Latency of ``candidate`` relative to ``baseline``, timed alternately in the same window.
+
+    Calls interleave (A B B A A B ...), so load from other processes on a shared machine
+    slows both alike and the ratio of the medians stays meaningful even when the absolute
+    figures drift between two separate measurements.
+    """
+    out: dict[str, Any] = {}
+    with _Threads(threads), torch.inference_mode():
+        for b in sorted({int(b) for b in batch_sizes}):
+            x = make_batch(example_input, b)
+            for _ in range(warmup):
+                baseline(x)
+                candidate(x)
+            times: dict[int, list[float]] = {0: [], 1: []}
+            fns = (baseline, candidate)
+            for i in range(repeats):
+                for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                    start = time.perf_counter()
+                    fns[k](x)
+                    times[k].append(time.perf_counter() - start)
+            base, cand = (float(np.percentile(np.asarray(times[k]) * 1000, 50)) for k in (0, 1))
+            out[f"b{b}"] = {"baseline_p50_ms": base, "p50_ms": cand, "ratio": cand / base, "speedup": base / cand}
+    return out
+
+
+def state_bytes(model: nn.Module) -> int:
+    """Bytes of ``torch.save(model.state_dict())``: the fp32 weights file (tied tensors once)."""
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.tell()
+
+
+def num_params(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))  # a tied tensor is yielded once
+
+
+# --------------------------------------------------------------------------- the report
+
+
+def measure(run: runs.Run, module: Any, dm: Any, cfg: Config, ckpt: str, split: str,
+            settings: dict[str, Any]) -> dict[str, Any]:
+    """Quality and cost of an already loaded module: the body of ``evaluate``."""
+    model = module.model.eval()
+    kind = kind_of(cfg)
+    path = checkpoint_path(run, ckpt)
+    q = quality(model, dm, split, kind, max_batches=settings["max_batches"], threads=settings["threads"])
+    c = cost(model, example_batch(dm, split), batch_sizes=settings["batch_sizes"], warmup=settings["warmup"],
+             repeats=settings["repeats"], threads=settings["threads"])
+    stat = path.stat()
+    return {
+        "version": REPORT_VERSION, "run": run.name, "ckpt": ckpt, "label": checkpoint_label(ckpt), "split": split,
+        "kind": kind, "model": cfg.model.name, "created_at": runs.now_iso(), "torch": torch.__version__,
+        "backend": "torch eager fp32", "settings": settings,
+        "checkpoint": {"path": str(path), "bytes": stat.st_size, "mtime_ns": stat.st_mtime_ns},
+        "params": num_params(model), "size_bytes": state_bytes(model),
+        "size_note": "size_bytes: the fp32 weights (state_dict) alone; checkpoint.bytes also holds optimizer state",
+        "quality": q, "cost": c,
+    }
+
+
+def default_settings(max_batches: int | None = None, threads: int | None = None, repeats: int = 20,
+                     warmup: int = 3, batch_sizes: Iterable[int] = (1, 32)) -> dict[str, Any]:
+    if max_batches is not None and max_batches < 1:
+        raise LabError("max_batches must be >= 1")
+    return {"max_batches": max_batches, "threads": int(threads or torch.get_num_threads()), "repeats": int(repeats),
+            "warmup": int(warmup), "batch_sizes": sorted({int(b) for b in batch_sizes})}
+
+
+def evaluate(run: runs.Run | str | Path, ckpt: str = "best", split: str = "test", *, max_batches: int | None = None,
+             threads: int | None = None, repeats: int = 20, warmup: int = 3,
+             batch_sizes: Iterable[int] = (1, 32), log: bool = True, runs_root: Any = None) -> dict[str, Any]:
+    """Evaluate a run's checkpoint; write ``reports/eval-<ckpt>.json`` and log to TensorBoard.
+
+    Raises ``LabError`` for a missing run, a missing/truncated/unsafe checkpoint, or a
+    checkpoint that does not match the run's config; nothing is written then.
+    """
+    run = run if isinstance(run, runs.Run) else runs.resolve_run(run, runs_root)
+    settings = default_settings(max_batches, threads, repeats, warmup, batch_sizes)
+    cfg = run_config(run)
+    module = load_checked(run, ckpt)
+    dm = load_data(cfg, split, module)
+    report = measure(run, module, dm, cfg, ckpt, split, settings)
+    write_report(run, report, log=log)
+    return report
+
+
+def write_report(run: runs.Run, report: dict[str, Any], log: bool = True) -> Path:
+    """Write the eval report (and confusion matrix PNG) atomically; log figures to TensorBoard."""
+    label = report["label"]
+    png = None
+    if report["kind"] == "classifier":
+        png = run.reports_dir / f"confusion-{label}.png"
+        image = save_confusion_png(report["quality"]["confusion_matrix"], png,
+                                   title=f"{run.name} {label} ({report['split']})")
+        report["confusion_png"] = str(png)
+    path = write_json(run.eval_report(label), report)
+    if log:
+        log_report(run, report, image if png else None)
+    return path
+
+
+def scalar_figures(report: dict[str, Any]) -> dict[str, float]:
+    """The report's headline numbers, flat: what TensorBoard and tables show."""
+    q, c = report["quality"], report["cost"]
+    keys = {"lm": ("loss", "perplexity", "bits_per_token", "bits_per_character"),
+            "classifier": ("loss", "accuracy", "macro_f1"), "regressor": ("mse", "mae", "r2")}[report["kind"]]
+    out = {f"{report['split']}/{k}": float(q[k]) for k in keys}
+    for name, entry in c["latency"].items():
+        out[f"cost/latency_{name}_p50_ms"] = entry["p50_ms"]
+        out[f"cost/latency_{name}_p95_ms"] = entry["p95_ms"]
+        out[f"cost/throughput_{name}_samples_per_s"] = entry["samples_per_s"]
+    out["cost/peak_memory_increase_mb"] = c["peak_memory"]["increase_mb"]
+    out["cost/params"] = float(report["params"])
+    out["cost/size_mb"] = report["size_bytes"] / 2**20
+    return out
+
+
+def log_report(run: runs.Run, report: dict[str, Any], confusion: np.ndarray | None = None) -> None:
+    """Scalars under ``eval/<ckpt>/...`` in the run's own TensorBoard folder."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    step = int(run.summary.get("step") or 0)
+    writer = SummaryWriter(log_dir=str(run.path), filename_suffix=".eval")
+    try:
+        for tag, value in scalar_figures(report).items():
+            writer.add_scalar(f"eval/{report['label']}/{tag}", value, step)
+        if confusion is not None:
+            writer.add_image(f"eval/{report['label']}/confusion_matrix", confusion, step, dataformats="HWC")
+    finally:
+        writer.close()
+
+
+def save_confusion_png(matrix: list[list[int]], path: Path, title: str = "") -> np.ndarray:
+    """Draw the confusion matrix with matplotlib, write it atomically; return the RGB image."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    cm = np.asarray(matrix)
+    k = len(cm)
+    fig = Figure(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k), dpi=100)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.imshow(cm, cmap="Blues")
+    for i in range(k):
+        for j in range(k):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    canvas.draw()
+    image = np.asarray(canvas.buffer_rgba())[..., :3].copy()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    atomic_write(path, lambda f: f.write(buf.getvalue()))
+    return image
+
+
+def cached_report(run: runs.Run, ckpt: str, split: str, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved eval report if it measured this very checkpoint file with these settings."""
+    path = run.eval_report(checkpoint_label(ckpt))
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        stat = checkpoint_path(run, ckpt).stat()
+    except (OSError, ValueError):
+        return None
+    ok = (report.get("version") == REPORT_VERSION and report.get("split") == split
+          and report.get("settings") == settings and report.get("ckpt") == ckpt
+          and report.get("checkpoint", {}).get("bytes") == stat.st_size
+          and report.get("checkpoint", {}).get("mtime_ns") == stat.st_mtime_ns)
+    return report if ok else None
+
+
+__all__ = ["evaluate", "quality", "cost", "compare_latency", "measure", "load_checked", "load_data", "kind_of", "make_batch",
+           "example_batch", "state_bytes", "num_params", "peak_memory", "cached_report", "default_settings"]

@@ -1,0 +1,201 @@
+"""Deployable artifacts: a run's model as ONNX, TorchScript or safetensors, with what it needs.
+
+    from lab.export import export, load_safetensors
+    folder = export(run, "safetensors")        # runs/<exp>/<run>/export/safetensors/
+    model = load_safetensors(folder)           # a lab.models nn.Module, rebuilt with no pickle
+    export(run, "onnx"); export(run, "torchscript")
+
+Every folder holds ``config.yaml`` (the run's resolved config, ``model.vocab_size`` filled
+in), ``tokenizer.json`` for text models, the weights, and a ``README.md`` with a small
+``predict``/``generate`` example. The export is checked before it is kept: the artifact
+must reproduce the PyTorch model's outputs on real inputs (ONNX within
+``lab.compress.onnx.FP32_TOLERANCE``; TorchScript and safetensors exactly). It is built
+in a temp folder beside the target and renamed into place when complete.
+
+safetensors refuses tensors that share memory; the GPT's tied embedding/LM-head matrix
+is stored once by ``safetensors.torch.save_model`` and re-tied by ``load_model``.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from lab import runs
+from lab.config import from_dict
+from lab.errors import LabError
+from lab.fileio import atomic_write_text
+
+FORMATS = ("onnx", "torchscript", "safetensors")
+WEIGHTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+
+
+def export(run: runs.Run | str | Path, fmt: str, out: str | Path | None = None, ckpt: str = "best",
+           runs_root: Any = None) -> Path:
+    """Write ``run``'s model as ``fmt`` into ``export/<fmt>/`` (or ``out``) and return the folder."""
+    from lab.compress import _replace_dir
+    from lab.evaluate import load_checked, load_data, run_config
+
+    if fmt not in FORMATS:
+        raise LabError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    run = run if isinstance(run, runs.Run) else runs.resolve_run(run, runs_root)
+    cfg = run_config(run)
+    module = load_checked(run, ckpt)
+    model = module.model.eval()
+    dm = load_data(cfg, "val", module)
+    batches = [x for _, (x, _) in zip(range(2), dm.val_dataloader())]
+    target = Path(out) if out is not None else run.export_dir(fmt)
+    _check_target(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    try:
+        config = cfg.to_dict()
+        if getattr(model.config, "vocab_size", None) is not None:
+            config["model"]["vocab_size"] = int(model.config.vocab_size)
+        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+        if run.tokenizer_path.exists():
+            shutil.copyfile(run.tokenizer_path, tmp / "tokenizer.json")
+        check = _WRITERS[fmt](model, batches, tmp / WEIGHTS[fmt])
+        atomic_write_text(tmp / "README.md", readme(fmt, run, cfg.model.name, list(batches[0].shape), check))
+        _replace_dir(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _check_target(target: Path) -> None:
+    """An existing target is replaced only if it is empty or an earlier export (never a user's folder)."""
+    if not target.exists():
+        return
+    ours = {"README.md", "config.yaml", "tokenizer.json", *WEIGHTS.values()}
+    if not target.is_dir() or any(p.name not in ours for p in target.iterdir()):
+        raise LabError(f"{target} exists and is not an earlier `lab export` folder: choose a new or empty folder")
+
+
+def _max_diff(model: nn.Module, fn: Any, xs: list[torch.Tensor]) -> float:
+    with torch.inference_mode():
+        return max(float((fn(x).float() - model(x).float()).abs().max()) for x in xs)
+
+
+def _write_onnx(model: nn.Module, batches: list[torch.Tensor], path: Path) -> dict[str, Any]:
+    from lab.compress.onnx import FP32_TOLERANCE, export_onnx, parity_inputs, predictor, session
+
+    export_onnx(model, batches[0], path)
+    diff = _max_diff(model, predictor(session(path)), parity_inputs(batches[0], batches[1:]))
+    if not diff <= FP32_TOLERANCE:
+        raise LabError(f"the ONNX export does not match PyTorch: max abs difference {diff:.3g} > {FP32_TOLERANCE}")
+    return {"max_abs_diff": diff, "tolerance": FP32_TOLERANCE}
+
+
+def _write_torchscript(model: nn.Module, batches: list[torch.Tensor], path: Path) -> dict[str, Any]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; still the portable format
+        traced = torch.jit.trace(model, batches[0])
+        torch.jit.save(traced, str(path))
+        loaded = torch.jit.load(str(path))
+    from lab.compress.onnx import parity_inputs
+
+    diff = _max_diff(model, loaded, parity_inputs(batches[0], batches[1:]))
+    if diff > 1e-5:
+        raise LabError(f"the TorchScript export does not match PyTorch: max abs difference {diff:.3g}")
+    return {"max_abs_diff": diff, "tolerance": 1e-5}
+
+
+def _write_safetensors(model: nn.Module, batches: list[torch.Tensor], path: Path) -> dict[str, Any]:
+    from safetensors.torch import save_model
+
+    save_model(model, str(path), metadata={"format": "pt", "lab_model": type(model).__name__})
+    loaded = load_safetensors(path.parent)
+    diff = _max_diff(model, loaded, batches)
+    if diff != 0.0:
+        raise LabError(f"the safetensors round trip changed the outputs (max abs difference {diff:.3g})")
+    return {"max_abs_diff": diff, "tolerance": 0.0}
+
+
+_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}
+
+
+def load_safetensors(folder: str | Path) -> nn.Module:
+    """Rebuild a ``lab.models`` model from an exported folder: config.yaml + model.safetensors.
+
+    Nothing is unpickled: the config is read with ``yaml.safe_load`` and the tensors with
+    safetensors; tied weights are re-tied by ``safetensors.torch.load_model``.
+    """
+    from safetensors.torch import load_model
+
+    from lab.models import build_model
+
+    folder = Path(folder)
+    cfg_path, weights = folder / "config.yaml", folder / WEIGHTS["safetensors"]
+    for p in (cfg_path, weights):
+        if not p.is_file():
+            raise LabError(f"{folder} is not a safetensors export: {p.name} is missing")
+    cfg = from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
+    if getattr(cfg.model, "vocab_size", 0) is None:
+        raise LabError(f"{cfg_path} has no model.vocab_size: re-export with `lab export RUN --format safetensors`")
+    model = build_model(cfg.model)
+    try:
+        load_model(model, str(weights), strict=True)
+    except Exception as e:
+        raise LabError(f"{weights} does not match {cfg_path.name}: {str(e).splitlines()[0][:200]}") from None
+    return model.eval()
+
+
+def readme(fmt: str, run: runs.Run, model_name: str, shape: list[int], check: dict[str, Any]) -> str:
+    """The exported folder's README: what is in it and a small predict/generate example."""
+    lm = model_name == "gpt"
+    what = {"gpt": "A GPT language model: token ids [batch, sequence] -> logits [batch, sequence, vocab]",
+            "mlp": "An MLP regressor: features [batch, in_features] -> outputs [batch, out_features]"}.get(
+        model_name, "An image classifier: images [batch, 1, H, W] -> logits [batch, classes]")
+    head = (f"# {run.name} — {fmt} export\n\n{what}. Exported from `{run.name}` with `lab export`; "
+            f"checked against PyTorch on real inputs (max abs difference {check['max_abs_diff']:.3g}, "
+            f"tolerance {check['tolerance']:g}). Example input shape: {shape}.\n\n"
+            f"Files: `{WEIGHTS[fmt]}`, `config.yaml` (the resolved config)"
+            + (", `tokenizer.json` (what the ids mean)" if lm else "") + ".\n\n")
+    tok = ("from lab.data.tokenizers import load_tokenizer\n"
+           "tok = load_tokenizer(\"tokenizer.json\")\n") if lm else ""
+    if fmt == "safetensors":
+        load = ("from lab.export import load_safetensors\n"
+                "model = load_safetensors(\".\")          # config.yaml + model.safetensors, no pickle\n")
+        call = "model"
+    elif fmt == "torchscript":
+        load = ("import torch\nmodel = torch.jit.load(\"model.torchscript.pt\")   # needs only torch\n")
+        call = "model"
+    else:
+        load = ("import onnxruntime as ort\n"
+                "sess = ort.InferenceSession(\"model.onnx\", providers=[\"CPUExecutionProvider\"])\n"
+                "def model(x):                         # dynamic batch (and sequence) axes\n"
+                "    return torch.from_numpy(sess.run(None, {\"input\": x.numpy()})[0])\n")
+        call = "model"
+    if lm:
+        body = (f"```python\nimport torch\n{load}{tok}\n"
+                "@torch.no_grad()\n"
+                "def generate(prompt: str, new_tokens: int = 100, block_size: int = "
+                f"{shape[-1]}) -> str:\n"
+                "    ids = torch.tensor([tok.encode(prompt)], dtype=torch.long)\n"
+                "    for _ in range(new_tokens):\n"
+                f"        logits = {call}(ids[:, -block_size:])[:, -1, :]\n"
+                "        nxt = torch.multinomial(torch.softmax(logits / 0.8, dim=-1), 1)\n"
+                "        ids = torch.cat([ids, nxt], dim=1)\n"
+                "    return tok.decode(ids[0].tolist())\n\n"
+                "print(generate(\"def \"))\n```\n")
+    else:
+        example = "torch.randn(4, " + ", ".join(str(s) for s in shape[1:]) + ")"
+        post = ".argmax(-1)   # predicted classes" if model_name != "mlp" else "   # predictions"
+        body = (f"```python\nimport torch\n{load}\n"
+                f"def predict(x: torch.Tensor) -> torch.Tensor:\n"
+                f"    with torch.no_grad():\n        return {call}(x){post}\n\n"
+                f"print(predict({example}))   # inputs normalised as in training (see config.yaml)\n```\n")
+    extra = {"torchscript": "\n`torch.jit` is deprecated upstream in favour of `torch.export`; TorchScript files "
+                            "still load with plain `torch.jit.load`.\n",
+             "onnx": "\nExported with `torch.onnx.export(dynamo=False)`, opset 17.\n",
+             "safetensors": "\nThe GPT's tied embedding / LM-head matrix is stored once and re-tied on load.\n"}[fmt]
+    return head + body + extra
