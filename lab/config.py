@@ -75,6 +75,8 @@ class TrainerConfig:
     """Validation batches per check: keeps validation cheap on a laptop."""
     log_every_n_steps: int = 10
     """How often training metrics reach TensorBoard."""
+    checkpoint_every_n_steps: int | None = 100
+    """Also save last.ckpt every this many steps (for resuming after a kill); null = only at validation."""
     early_stopping_patience: int | None = None
     """Stop after this many validations without improvement of val/loss; null = never."""
     deterministic: bool = False
@@ -333,6 +335,8 @@ def validate(cfg: Config) -> None:
            "a number > 0, or null for no clipping")
     for key in ("val_check_interval", "limit_val_batches", "log_every_n_steps"):
         _check(getattr(t, key) >= 1, f"trainer.{key}", getattr(t, key), "a whole number >= 1")
+    _check(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
+           t.checkpoint_every_n_steps, "a whole number >= 1, or null")
     _check(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
            t.early_stopping_patience, "a whole number >= 1, or null")
     _check(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {', '.join(OPTIMIZERS)}")

@@ -28,3 +28,14 @@ class ConfigError(LabError):
 
 class DataError(LabError):
     """Data cannot be read or is unusable (missing file, not UTF-8, too short, bad checksum)."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Training stopped on Ctrl-C (signal 2) or SIGTERM (15); ``last.ckpt`` was saved first.
+
+    The CLI exits with 128 + signal (130 or 143), as a shell would.
+    """
+
+    def __init__(self, signum: int, run_dir: object = None) -> None:
+        super().__init__(f"interrupted by signal {signum}")
+        self.signum, self.run_dir = signum, run_dir

@@ -13,6 +13,8 @@ It records the run's life in summary.json: ``running`` -> ``completed`` / ``fail
 
 from __future__ import annotations
 
+import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any, Iterable
@@ -21,12 +23,14 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lab import env, runs
-from lab.callbacks import Throughput
+from lab.callbacks import FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput
+from lab.checkpoints import AtomicCheckpointIO, load_checkpoint, newest_intact
 from lab.config import Config, flatten, from_dict, validate
 from lab.data import DATAMODULES
-from lab.errors import LabError
+from lab.errors import LabError, RunInterrupted
 from lab.models import build_model
 from lab.modules import Classifier, LabModule, LanguageModel, Regressor
 
@@ -68,23 +72,34 @@ def global_batch(cfg: Config) -> dict[str, int]:
             "global": cfg.data.batch_size * devices * t.num_nodes * t.accumulate_grad_batches}
 
 
-def build_trainer(cfg: Config, run: runs.Run, callbacks: Iterable[L.Callback] = (), progress: bool = True) -> L.Trainer:
-    """Lightning Trainer with the lab's logger, checkpoints and callbacks for ``run``."""
+def build_trainer(cfg: Config, run: runs.Run, callbacks: Iterable[L.Callback] = (), progress: bool = True,
+                  resume_step: int | None = None, stop: threading.Event | None = None) -> L.Trainer:
+    """Lightning Trainer with the lab's logger, checkpoints and callbacks for ``run``.
+
+    ``resume_step`` continues the run's TensorBoard curves: events at or after that step
+    written by the killed process are purged, so no step appears twice. Setting ``stop``
+    (from another thread) ends training like Ctrl-C: last.ckpt saved, run ``interrupted``.
+    """
     t = cfg.trainer
-    logger = TensorBoardLogger(save_dir=str(run.path), name="", version="", default_hp_metric=False)
-    ckpt = ModelCheckpoint(dirpath=run.checkpoints_dir, filename="best", monitor="val/loss", mode="min",
-                           save_top_k=1, save_last=True, auto_insert_metric_name=False, enable_version_counter=False)
-    cbs: list[L.Callback] = [ckpt, LearningRateMonitor(logging_interval="step"), *callbacks]
+    logger = TensorBoardLogger(save_dir=str(run.path), name="", version="", default_hp_metric=False,
+                               **({"purge_step": resume_step} if resume_step is not None else {}))
+    # best.ckpt by val/loss; last.ckpt every N steps, after each validation and at the end.
+    best = ModelCheckpoint(dirpath=run.checkpoints_dir, filename="best", monitor="val/loss", mode="min",
+                           save_top_k=1, auto_insert_metric_name=False, enable_version_counter=False)
+    cbs: list[L.Callback] = [best, LearningRateMonitor(logging_interval="step"), ResumeState(), FiniteLossGuard(),
+                             SaveOnInterrupt(run.checkpoint("last"), stop), StepCheckpoint(run.checkpoints_dir,
+                                                                                     t.checkpoint_every_n_steps or 0),
+                             *callbacks]
     if t.early_stopping_patience:
         cbs.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
     return L.Trainer(
-        default_root_dir=run.path, logger=logger, callbacks=cbs,
+        default_root_dir=run.path, logger=logger, callbacks=cbs, plugins=[AtomicCheckpointIO()],
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
         strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
         deterministic=t.deterministic, enable_progress_bar=progress, enable_model_summary=False,
-        num_sanity_val_steps=1,
+        num_sanity_val_steps=1 if resume_step is None else 0,
     )
 
 
@@ -92,59 +107,113 @@ def _metrics(trainer: L.Trainer) -> dict[str, float]:
     return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
 
 
-def fit(config: Config | dict[str, Any], runs_root: Any = None, callbacks: Iterable[L.Callback] = (),
-        progress: bool = True, test: bool = True) -> runs.Run:
-    """Train ``config`` into a new run folder and return the Run (summary included).
+def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, callbacks: Iterable[L.Callback] = (),
+        progress: bool = True, test: bool = True, resume: runs.Run | None = None,
+        stop: threading.Event | None = None) -> runs.Run:
+    """Train ``config`` into a new run folder (or continue ``resume``) and return the Run.
 
     Raises ``ConfigError``/``DataError`` before anything is written for a bad config;
-    re-raises training errors after marking the run ``failed`` (or ``interrupted``).
+    re-raises training errors after marking the run ``failed``, and interruptions
+    (Ctrl-C, SIGTERM) as ``RunInterrupted`` after saving ``last.ckpt`` and marking it
+    ``interrupted``. With ``resume``, the run's own config is used unless one is given,
+    and training continues from its newest intact checkpoint into the same folder.
+    ``stop``: an Event another thread sets to stop the run cleanly (a notebook's Stop button).
     """
-    cfg = from_dict(config) if isinstance(config, dict) else config
+    if config is None and resume is None:
+        raise LabError("fit needs a config or a run to resume")
+    cfg = from_dict(config if config is not None else resume.config) if not isinstance(config, Config) else config
     validate(cfg)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     dm.prepare_data()
     dm.setup("fit")  # data-dependent checks (block_size vs split sizes) happen here, before the run folder
     module = build_module(cfg, dm)
-    run = runs.create_run(runs_root, cfg.experiment, cfg.to_dict())
-    if hasattr(dm, "tokenizer"):
+    ckpt_path, resume_step, notes = None, None, []
+    if resume is not None:
+        ckpt_path, notes = newest_intact(resume.path)
+        resume_step = int(load_checkpoint(ckpt_path).get("global_step", 0))
+    _check_disk(runs.runs_root(runs_root) if resume is None else resume.path, module)
+    run = resume if resume is not None else runs.create_run(runs_root, cfg.experiment, cfg.to_dict())
+    if hasattr(dm, "tokenizer") and not run.tokenizer_path.exists():
         dm.tokenizer.save(run.tokenizer_path)
     throughput = Throughput(peak_flops=env.peak_flops(_device(cfg)))
-    trainer = build_trainer(cfg, run, [throughput, *callbacks], progress=progress)
-    started = time.time()
-    runs.update_summary(
-        run, status="running", experiment=run.experiment, run_id=run.run_id, started_at=runs.now_iso(),
-        model={"name": cfg.model.name, "params": int(sum(p.numel() for p in module.model.parameters()))},
-        global_batch=global_batch(cfg), baseline=_baseline(dm), env=env.fingerprint(),
-    )
+    trainer = build_trainer(cfg, run, [throughput, *callbacks], progress=progress, resume_step=resume_step,
+                            stop=stop)
+    started, before = time.time(), float(run.summary.get("wall_time_s") or 0.0)
+    start_fields: dict[str, Any] = {"status": "running", "error": None}
+    if resume is None:
+        start_fields.update(
+            experiment=run.experiment, run_id=run.run_id, started_at=runs.now_iso(),
+            model={"name": cfg.model.name, "params": int(sum(p.numel() for p in module.model.parameters()))},
+            global_batch=global_batch(cfg), baseline=_baseline(dm), env=env.fingerprint())
+    else:
+        start_fields["resumed"] = [*run.summary.get("resumed", []),
+                                   {"at": runs.now_iso(), "from": ckpt_path.name, "step": resume_step, "skipped": notes}]
+    runs.update_summary(run, **start_fields)
+
+    def ended(**fields: Any) -> dict[str, Any]:
+        return runs.update_summary(run, ended_at=runs.now_iso(), wall_time_s=before + time.time() - started,
+                                   step=trainer.global_step, throughput=throughput.summary(), **fields)
+
     try:
-        trainer.fit(module, datamodule=dm)
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
         final = _metrics(trainer)
         test_metrics: dict[str, float] = {}
         if test and _has_test_split(cfg):
-            trainer.test(module, datamodule=dm, ckpt_path="best", verbose=False, weights_only=True)
+            # The best checkpoint when validation has made one; else the weights as they are.
+            best_path = trainer.checkpoint_callback.best_model_path or None
+            trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
             test_metrics = {k: v for k, v in _metrics(trainer).items() if k.startswith("test/")}
-    except (KeyboardInterrupt, SystemExit) as e:  # Lightning turns Ctrl-C into SystemExit(1)
-        runs.update_summary(run, status="interrupted", ended_at=runs.now_iso(), wall_time_s=time.time() - started,
-                            step=trainer.global_step, throughput=throughput.summary())
-        raise KeyboardInterrupt from e
+    except (StopRequested, KeyboardInterrupt, SystemExit, SIGTERMException) as e:  # Lightning: Ctrl-C -> SystemExit(1)
+        ended(status="interrupted")
+        signum = e.signum if isinstance(e, StopRequested) else 15 if isinstance(e, SIGTERMException) else 2
+        raise RunInterrupted(signum, run.path) from e
     except BaseException as e:
-        runs.update_summary(run, status="failed", error=f"{type(e).__name__}: {e}", ended_at=runs.now_iso(),
-                            wall_time_s=time.time() - started, step=trainer.global_step)
+        ended(status="failed", error=f"{type(e).__name__}: {e}")
+        if _is_out_of_memory(e):
+            raise LabError(_oom_advice(cfg, run)) from e
         raise
     ckpt_cb = trainer.checkpoint_callback
     best = {"val/loss": float(ckpt_cb.best_model_score)} if ckpt_cb and ckpt_cb.best_model_score is not None else {}
-    summary = runs.update_summary(
-        run, status="completed", ended_at=runs.now_iso(), wall_time_s=time.time() - started,
-        step=trainer.global_step, best=best, final=final, test=test_metrics, throughput=throughput.summary(),
-    )
+    summary = ended(status="completed", best=best, final=final, test=test_metrics)
     hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in {**best, **test_metrics}.items()}
     trainer.logger.log_hyperparams(_hparams(cfg), metrics=hp_metrics or {"hp/none": 0.0})
     trainer.logger.finalize("success")
     run.summary = summary
     return run
+
+
+def _check_disk(folder: Path, module: L.LightningModule) -> None:
+    """Refuse to start when the checkpoints this run will write cannot fit on the disk.
+
+    A checkpoint holds the weights and two AdamW moments (3 x 4 bytes per parameter); the
+    run keeps best and last and writes one temp copy while saving.
+    """
+    params = sum(p.numel() for p in module.parameters())
+    need = 3 * (3 * 4 * params) + (16 << 20)
+    probe = Path(folder)
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    if free < need:
+        raise LabError(f"only {free / 2**20:.0f} MiB free under {probe}, and this run's checkpoints need about "
+                       f"{need / 2**20:.0f} MiB: free some space or choose another runs folder (--runs_dir)")
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    return isinstance(e, torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
+def _oom_advice(cfg: Config, run: runs.Run) -> str:
+    b, acc = cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
+    smaller = max(1, b // 2)
+    return (f"out of memory with micro-batch {b} on {cfg.trainer.accelerator}: the run is marked failed. "
+            f"Check what fits with `lab plan --config {run.path / runs.CONFIG}`; to keep the same global batch, "
+            f"try --data.batch_size {smaller} --trainer.accumulate_grad_batches {acc * b // smaller}, or a sharded "
+            "strategy (--trainer.strategy fsdp) on GPUs")
 
 
 def _device(cfg: Config) -> torch.device:
@@ -178,10 +247,9 @@ def load_module(run: runs.Run, which: str = "best") -> LabModule:
     path = run.checkpoint(which) if which in ("best", "last") else Path(which)
     if not path.exists():
         raise LabError(f"no checkpoint {path}: the run has {sorted(p.name for p in run.checkpoints_dir.glob('*.ckpt'))}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-    except Exception as e:
-        raise LabError(f"checkpoint {path} cannot be loaded safely ({type(e).__name__}: {str(e).splitlines()[0]})")
+    state = load_checkpoint(path).get("state_dict")
+    if not isinstance(state, dict):
+        raise LabError(f"checkpoint {path} has no state_dict: it was not written by `lab fit`")
     cfg = from_dict(run.config)
     dm = None
     if cfg.model.name == "gpt":

@@ -12,13 +12,13 @@ regression): a subclass only says how to build its train/val/test tensors.
 from __future__ import annotations
 
 from numbers import Integral, Real
-from typing import Any
+from typing import Any, Iterator
 
 import lightning.pytorch as pl
 import numpy as np
 import torch
 from sklearn.model_selection import train_test_split
-from torch.utils.data import DataLoader, Dataset, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from lab.errors import ConfigError, DataError
 
@@ -117,6 +117,37 @@ def standardise(
     return scaled, np.asarray(mean, dtype=np.float32), np.asarray(std, dtype=np.float32)
 
 
+class ResumableSampler(Sampler[int]):
+    """Sample order that depends only on (seed, epoch), and can start part-way through an epoch.
+
+    A resumed run calls ``skip(n)`` with the samples the killed run had already consumed
+    in this epoch, so the n-th batch after resuming is the n-th batch of the original.
+    Lightning calls ``set_epoch`` at each epoch start (a new permutation per epoch).
+    """
+
+    def __init__(self, n: int, shuffle: bool = False, seed: int = 0) -> None:
+        self.n, self.shuffle, self.seed = n, shuffle, seed
+        self.epoch, self._skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def skip(self, samples: int) -> None:
+        """Leave out the first ``samples`` indices of the next iteration only."""
+        self._skip = samples
+
+    def __iter__(self) -> Iterator[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
+        else:
+            order = list(range(self.n))
+        start, self._skip = self._skip, 0
+        return iter(order[start:])
+
+    def __len__(self) -> int:
+        return self.n
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -124,15 +155,20 @@ def make_loader(
     shuffle: bool = False,
     seed: int = 0,
 ) -> DataLoader:
-    """A DataLoader whose order depends only on ``seed`` (a fresh seeded generator per loader)."""
-    generator = torch.Generator().manual_seed(seed) if shuffle else None
+    """A DataLoader whose order depends only on ``seed`` and the epoch (see ResumableSampler).
+
+    It gets its own generator: without one, every ``iter(loader)`` draws a worker seed from
+    the global torch RNG, so a validation pass would shift the dropout masks of the training
+    steps after it, and a run resumed from a checkpoint taken just before that pass would
+    diverge from the uninterrupted one.
+    """
     return DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
+        sampler=ResumableSampler(len(dataset), shuffle=shuffle, seed=seed),
         num_workers=num_workers,
         persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed),
     )
 
 
