@@ -5,6 +5,11 @@
     lab fit --config digits-cnn --print_config
     lab runs                               # a table of runs
     lab sample gpt-nano/20261128-120000-ab12 --tokens 300
+    lab evaluate last                      # quality + latency/size report in reports/eval-best.json
+    lab compress last --method int8-dynamic   # or onnx, onnx-int8, prune, distill, all
+    lab export last --format safetensors   # or onnx, torchscript
+    lab doctor [--json] [--bench]          # check this machine; exit 1 if a check fails
+    lab plan --config gpt2-124m --precision bf16-mixed --devices 8   # memory, FLOPs, time, a recommendation
 
 User errors (bad config, missing files) print one line and exit with code 2;
 Ctrl-C exits with 130 after marking the run ``interrupted``.
@@ -45,15 +50,38 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 def cmd_fit(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.config import load_config, to_yaml
 
-    cfg = load_config(args.config, overrides)
-    if args.print_config:
-        print(to_yaml(cfg), end="")
-        return 0
     from lab.train import fit
 
-    run = fit(cfg, runs_root=args.runs_dir)
+    if args.resume:
+        run = _resume_target(args, overrides)
+        cfg = load_config(run.path / "config.yaml", overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        print(f"resuming {run.name}", flush=True)
+        run = fit(cfg, runs_root=args.runs_dir, resume=run)
+    else:
+        cfg = load_config(args.config, overrides)
+        if args.print_config:
+            print(to_yaml(cfg), end="")
+            return 0
+        run = fit(cfg, runs_root=args.runs_dir)
     print(summary_table(run))
     return 0
+
+
+def _resume_target(args: argparse.Namespace, overrides: list[str]) -> Any:
+    """``--resume RUN`` or ``--resume last`` (the newest run of the --config's experiment)."""
+    from lab.config import load_config
+    from lab.runs import list_runs, resolve_run, runs_root
+
+    if args.resume != "last":
+        return resolve_run(args.resume, args.runs_dir)
+    experiment = load_config(args.config, overrides).experiment
+    found = [r for r in list_runs(args.runs_dir) if r.experiment == experiment]
+    if not found:
+        raise LabError(f"no {experiment} runs under {runs_root(args.runs_dir)} to resume")
+    return found[-1]
 
 
 def summary_table(run: Any) -> str:
@@ -113,6 +141,95 @@ def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _measure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, or 'last'")
+    p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
+    p.add_argument("--split", default="test", help="test or val: the held-out split to measure quality on")
+    p.add_argument("--max_batches", type=int, default=None, help="evaluate on the first N batches only (default: all)")
+    p.add_argument("--threads", type=int, default=None, help="torch/ONNX Runtime threads for timing (default: torch's)")
+    p.add_argument("--repeats", type=int, default=20, help="timed runs per batch size, after warm-up")
+
+
+def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.evaluate import evaluate, scalar_figures
+    from lab.runs import resolve_run
+
+    run = resolve_run(args.run, args.runs_dir)
+    report = evaluate(run, args.ckpt, args.split, max_batches=args.max_batches, threads=args.threads,
+                      repeats=args.repeats)
+    rows = [{"figure": k, "value": v} for k, v in scalar_figures(report).items()]
+    print(table(rows, ["figure", "value"]))
+    print(f"\nreport: {run.eval_report(report['label'])}")
+    return 0
+
+
+def _method_options(args: argparse.Namespace) -> dict[str, Any]:
+    import yaml
+
+    options: dict[str, Any] = {}
+    for name in ("sparsity", "steps"):
+        if getattr(args, name) is not None:
+            options[name] = getattr(args, name)
+    for item in args.opt or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.isidentifier():
+            raise LabError(f"--opt takes KEY=VALUE (e.g. --opt temperature=2.0), got {item!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def cmd_compress(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.compress import compress
+    from lab.runs import resolve_run
+
+    run = resolve_run(args.run, args.runs_dir)
+    result = compress(run, args.method, ckpt=args.ckpt, split=args.split, max_batches=args.max_batches,
+                      threads=args.threads, repeats=args.repeats, **_method_options(args))
+    if args.method == "all":
+        cols = [c for c in result["rows"][0] if c not in ("size_bytes", "backend")]
+        print(table(result["rows"], cols))
+        for name, err in result["errors"].items():
+            print(f"{name}: skipped ({err})")
+        print(f"\ncomparison: {run.compressed_root / 'comparison.json'}  plot: {run.compressed_root / 'pareto.png'}")
+        return 0
+    d = result["deltas"]
+    rows = [{"figure": k, "value": v} for k, v in {"backend": result["backend"], **d}.items()]
+    print(table(rows, ["figure", "value"]))
+    print(f"\nartifact: {run.compressed_dir(args.method)}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.export import export
+    from lab.runs import resolve_run
+
+    run = resolve_run(args.run, args.runs_dir)
+    folder = export(run, args.format, out=args.out, ckpt=args.ckpt)
+    print(f"exported {run.name} as {args.format} to {folder} (see its README.md)")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.env import report
+
+    r = report(args.runs_dir, bench=args.bench)
+    print(r.to_json() if args.json else r.to_text())
+    return r.exit_code
+
+
+def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from lab.plan import plan
+
+    p = plan(args.config, overrides, precision=args.precision, optimizer=args.optimizer, strategy=args.strategy,
+             devices=args.devices, nodes=args.nodes, micro_batch=args.micro_batch, seq_len=args.seq_len,
+             accumulate=args.accumulate, activation_checkpointing=args.activation_checkpointing, tokens=args.tokens,
+             device=args.device, mfu=args.mfu, host_memory=args.host_memory)
+    print(json.dumps(p.to_dict(), indent=2, default=str) if args.json else p.to_text())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lab", description="Large Model Lab: train, evaluate and compress models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -126,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("fit", "Train a model from a preset or YAML config.", cmd_fit, overrides=True)
     p.add_argument("--config", default="gpt-nano", help="preset name (gpt-nano, gpt2-124m, digits-cnn, seed-mlp) or YAML path")
     p.add_argument("--print_config", action="store_true", help="print the fully resolved config and exit")
+    p.add_argument("--resume", default=None, metavar="RUN",
+                   help="continue RUN (or 'last': the newest run of --config's experiment) from its newest intact checkpoint")
     p = add("quickstart", "Train gpt-nano on the bundled corpus, sample from it and show what to do next.",
             cmd_quickstart, overrides=True)
     p.add_argument("--tokens", type=int, default=300, help="characters of text to generate at the end")
@@ -137,6 +256,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=0.8, help="> 0; lower is more conservative")
     p.add_argument("--top_k", type=int, default=50, help="sample among the k likeliest tokens")
     p.add_argument("--seed", type=int, default=0, help="seed for reproducible samples")
+    p = add("evaluate", "Measure a run's quality and cost; writes reports/eval-<ckpt>.json.", cmd_evaluate)
+    _measure_args(p)
+    p = add("compress", "Compress a run (int8-dynamic, onnx, onnx-int8, prune, prune-structured, distill, all).",
+            cmd_compress)
+    _measure_args(p)
+    p.add_argument("--method", required=True, help="a compression method, or all (adds comparison.json, pareto.png)")
+    p.add_argument("--sparsity", type=float, default=None, help="prune: fraction of weights to remove")
+    p.add_argument("--steps", type=int, default=None, help="prune/distill: fine-tune or training steps")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other method option (repeatable)")
+    p = add("export", "Write a deployable artifact: onnx, torchscript or safetensors (+ config, tokenizer, README).",
+            cmd_export)
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, or 'last'")
+    p.add_argument("--format", required=True, help="onnx, torchscript or safetensors")
+    p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
+    p.add_argument("--out", default=None, help="folder to write (default: runs/<exp>/<run>/export/<format>/)")
+    p = add("doctor", "Check this machine: versions, torch build, CPU, RAM, disk, GPUs, Jupyter; exit 1 if a check fails.",
+            cmd_doctor)
+    p.add_argument("--json", action="store_true", help="print the report as JSON (a stable document, schema lab.env/1)")
+    p.add_argument("--bench", action="store_true",
+                   help="also measure matmul, memory bandwidth and all-reduce (seconds); caches the CPU peak for MFU")
+    p = add("plan", "Estimate memory per device, FLOPs and time for training a config, and recommend a setup.",
+            cmd_plan, overrides=True)
+    p.add_argument("--config", default="gpt-nano", help="preset name or YAML path (any model the lab knows)")
+    p.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, bf16-true, 16-true (default: config's)")
+    p.add_argument("--optimizer", default=None, help="adamw or sgd (default: config's)")
+    p.add_argument("--strategy", default=None, help="single, ddp, fsdp, fsdp_grad_op, deepspeed_stage_2[_offload], "
+                   "deepspeed_stage_3[_offload] (default: config's; auto = single or ddp)")
+    p.add_argument("--devices", type=int, default=None, help="devices per node (default: config's)")
+    p.add_argument("--nodes", type=int, default=None, help="machines (default: config's)")
+    p.add_argument("--micro_batch", type=int, default=None, help="samples per device per step (default: data.batch_size)")
+    p.add_argument("--seq_len", type=int, default=None, help="tokens per sample, GPT only (default: model.block_size)")
+    p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimizer step (default: config's)")
+    p.add_argument("--activation_checkpointing", action="store_true", help="recompute block activations in backward")
+    p.add_argument("--tokens", default=None, help="token (or sample) budget, e.g. 10B, 300M, 2.5e9: adds time to budget")
+    p.add_argument("--device", default=None, help="A100, A100-40GB, H100, H200, L4 or cpu (default: this machine's)")
+    p.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation assumed for times (default 0.4)")
+    p.add_argument("--host_memory", default=None, help="RAM per node for CPU offload, e.g. 2T (default: this machine's)")
+    p.add_argument("--json", action="store_true", help="print the plan as JSON")
     return parser
 
 
@@ -150,9 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("\ninterrupted: the run is marked 'interrupted' and its last checkpoint kept", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", 2)
+        where = f" ({e.run_dir})" if getattr(e, "run_dir", None) else ""
+        print(f"\ninterrupted: the run{where} is marked 'interrupted' and last.ckpt saved; "
+              "continue it with `lab fit --resume RUN`", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":
