@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -176,13 +177,17 @@ def list_runs(root: str | Path | None = None) -> list[Run]:
 def resolve_run(name: str | Path, root: str | Path | None = None) -> Run:
     """Find a run by ``<experiment>/<run_id>``, a bare run id, a path, or ``last``.
 
-    The result must lie inside the runs root: ``..``, absolute paths elsewhere and
-    symlinks pointing out of the root are refused.
+    The result must lie inside the runs root: ``..``, absolute paths elsewhere, URL-encoded
+    characters, NUL bytes and symlinks pointing out of the root are refused.
     """
     base = runs_root(root).resolve()
     text = str(name)
     if "\x00" in text:
         raise LabError("run name contains a NUL byte")
+    if re.search(r"%[0-9A-Fa-f]{2}", text):
+        # Paths are never URL-decoded here; refusing "%2e%2e" keeps a decoding layer in front
+        # (a browser, the dashboard's URL) from smuggling ".." past this check.
+        raise LabError(f"run name {text!r} contains URL-encoded characters: give the plain name from `lab runs`")
     runs = list_runs(base)
     if text == "last":
         if not runs:

@@ -13,6 +13,7 @@ from lab import runs
 from lab.cli import main
 from lab.compress import METHODS, Artifact, compress, load_report
 from lab.compress.onnx import FP32_TOLERANCE
+from lab.errors import LabError
 from lab.compress.quantize import load_int8
 from lab.config import load_config
 from lab.evaluate import load_checked
@@ -150,3 +151,18 @@ def test_truncated_checkpoint_leaves_no_compressed_folder(gpt_run: runs.Run, tmp
     assert main(["compress", "broken/run", "--method", "int8-dynamic", "--runs_dir", str(root)]) == 2
     assert "truncated" in capsys.readouterr().err
     assert not (broken / "compressed").exists() and not (broken / "reports").exists()
+
+
+@pytest.mark.parametrize("method,options,needle", [
+    ("prune", {"sparsity": 1.5}, "sparsity"),
+    ("prune", {"amount": 0.5}, "does not take option(s) amount"),
+    ("distill", {"temperature": 0}, "temperature"),
+    ("int8-dynamic", {"steps": 10}, "does not take"),
+    ("all", {"bogus": 1}, "bogus"),
+])
+def test_bad_options_are_refused_before_any_work(method: str, options: dict, needle: str) -> None:
+    from lab.compress import check_options
+
+    with pytest.raises(LabError, match=needle.replace("(", r"\(").replace(")", r"\)")):
+        check_options(method, options)
+    check_options("all", {"steps": 5, "sparsity": 0.3})  # each method ignores the others' options

@@ -55,7 +55,7 @@ def test_list_and_resolve(tmp_path: Path) -> None:
     assert runs.resolve_run("last", tmp_path).path in (a.path, b.path)
 
 
-@pytest.mark.parametrize("name", ["../outside", "/etc", "a/../../outside", "x\x00y"])
+@pytest.mark.parametrize("name", ["../outside", "/etc", "a/../../outside", "x\x00y", "%2e%2e/outside", "a%2F..%2F..%2Foutside"])
 def test_resolve_refuses_paths_outside_root(tmp_path: Path, name: str) -> None:
     root = tmp_path / "runs"
     runs.create_run(root, "a", {})

@@ -64,6 +64,7 @@ from __future__ import annotations
 
 import copy
 import importlib
+import inspect
 import json
 import math
 import os
@@ -121,6 +122,41 @@ def resolve_method(name: str) -> Callable[..., Artifact]:
     return fn
 
 
+def _fraction(name: str, v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
+
+
+_OPTION_CHECKS: dict[str, tuple[Callable[[str, Any], bool], str]] = {
+    "sparsity": (_fraction, "a fraction in [0, 1)"),
+    "amount": (_fraction, "a fraction in [0, 1)"),
+    "alpha": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
+    "steps": (lambda n, v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+    "temperature": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    "lr_scale": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+}
+"""Option name -> (check, what is allowed): checked before any work starts."""
+
+
+def check_options(method: str, options: dict[str, Any]) -> None:
+    """Refuse unknown options and out-of-range values before anything is loaded or written.
+
+    A single method takes only its own options; ``all`` takes any option some method takes
+    (each method ignores the others').
+    """
+    names = list(METHODS) if method == "all" else [method]
+    accepted: set[str] = set()
+    for name in names:
+        params = list(inspect.signature(resolve_method(name)).parameters.values())[4:]
+        accepted |= {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise LabError(f"{method} does not take option(s) {', '.join(unknown)}: it takes {', '.join(sorted(accepted)) or 'none'}")
+    for key, value in options.items():
+        check, allowed = _OPTION_CHECKS.get(key, (None, ""))
+        if check is not None and not check(key, value):
+            raise LabError(f"option {key}={value!r} is invalid: expected {allowed}")
+
+
 def _size(files: list[Path], out_dir: Path) -> int:
     total = 0
     for f in files:
@@ -176,6 +212,7 @@ def compress(run: runs.Run | str | Path, method: str, *, ckpt: str = "best", spl
     run = run if isinstance(run, runs.Run) else runs.resolve_run(run, runs_root)
     if method != "all" and method not in METHODS:
         raise LabError(f"unknown compression method {method!r}: choose one of {', '.join(METHODS)} or all")
+    check_options(method, options)
     settings = ev.default_settings(max_batches, threads, repeats, warmup, batch_sizes)
     cfg = ev.run_config(run)
     module = ev.load_checked(run, ckpt)
