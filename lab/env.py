@@ -90,7 +90,9 @@ def peak_flops(device: torch.device | str = "cpu", refresh: bool = False) -> flo
         cached = {}
     key = f"cpu-{threads}"
     if refresh or key not in cached:
-        cached[key] = matmul_flops(1024)
+        # Keep the best probe: a busy machine only ever measures low, and an understated
+        # peak would overstate MFU.
+        cached[key] = max(matmul_flops(1024), float(cached.get(key, 0.0)))
         try:
             write_json(path, cached)
         except OSError:
