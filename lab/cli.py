@@ -10,6 +10,7 @@
     lab export last --format safetensors   # or onnx, torchscript
     lab doctor [--json] [--bench]          # check this machine; exit 1 if a check fails
     lab plan --config gpt2-124m --precision bf16-mixed --devices 8   # memory, FLOPs, time, a recommendation
+    lab launch --nodes 2 --gpus-per-node 8 [--slurm] -- lab fit --config gpt2-124m   # torchrun lines / sbatch
 
 User errors (bad config, missing files) print one line and exit with code 2;
 Ctrl-C exits with 130 after marking the run ``interrupted``.
@@ -66,7 +67,10 @@ def cmd_fit(args: argparse.Namespace, overrides: list[str]) -> int:
             print(to_yaml(cfg), end="")
             return 0
         run = fit(cfg, runs_root=args.runs_dir)
-    print(summary_table(run))
+    from lab.strategies import launch_context
+
+    if launch_context().is_zero:  # under ddp/torchrun every rank gets here; one table is enough
+        print(summary_table(run))
     return 0
 
 
@@ -230,6 +234,21 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_launch(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab import launch
+
+    if args.slurm:
+        text = launch.sbatch_script(args.command, args.nodes, args.gpus_per_node, time=args.time,
+                                    job_name=args.job_name, partition=args.partition, cpus_per_task=args.cpus_per_task)
+    else:
+        text = launch.torchrun_text(args.command, args.nodes, args.gpus_per_node, master_addr=args.master_addr,
+                                    master_port=args.master_port)
+    print(text, end="")
+    if args.out:
+        print(f"# written to {launch.write(text, args.out)}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lab", description="Large Model Lab: train, evaluate and compress models.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -294,6 +313,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation assumed for times (default 0.4)")
     p.add_argument("--host_memory", default=None, help="RAM per node for CPU offload, e.g. 2T (default: this machine's)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p = add("launch", "Print (or write) the torchrun commands per node, or an sbatch script, for `lab fit` on many "
+            "GPUs/nodes.", cmd_launch)
+    p.add_argument("--nodes", type=int, required=True, help="machines")
+    p.add_argument("--gpus-per-node", "--gpus_per_node", dest="gpus_per_node", type=int, required=True,
+                   help="processes (GPUs) per machine")
+    p.add_argument("--slurm", action="store_true", help="write an sbatch script instead of torchrun commands")
+    p.add_argument("--master-addr", "--master_addr", dest="master_addr", default="MASTER_ADDR",
+                   help="torchrun: node 0's address (default: a placeholder to replace)")
+    p.add_argument("--master-port", "--master_port", dest="master_port", type=int, default=29500,
+                   help="torchrun: a free TCP port on node 0")
+    p.add_argument("--time", default="24:00:00", help="slurm: time limit (the job requeues itself before it)")
+    p.add_argument("--job-name", "--job_name", dest="job_name", default="lab", help="slurm: job name")
+    p.add_argument("--partition", default=None, help="slurm: partition")
+    p.add_argument("--cpus-per-task", "--cpus_per_task", dest="cpus_per_task", type=int, default=None,
+                   help="slurm: CPU cores per GPU process (data loading)")
+    p.add_argument("--out", default=None, help="also write the launcher to this file")
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- lab fit --config ... (the training command)")
     return parser
 
 

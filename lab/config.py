@@ -41,6 +41,8 @@ STRATEGIES = (
     "auto", "ddp", "ddp_spawn", "ddp_notebook", "fsdp",
     "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
 )
+FSDP_STATE_DICTS = ("full", "sharded")
+FSDP_SHARDINGS = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
 OPTIMIZERS = ("adamw", "sgd")
@@ -81,6 +83,18 @@ class TrainerConfig:
     """Stop after this many validations without improvement of val/loss; null = never."""
     deterministic: bool = False
     """Ask torch for deterministic kernels (bitwise-reproducible runs, a little slower)."""
+    activation_checkpointing: bool = False
+    """Recompute each transformer block's activations in backward: less memory, ~30% more compute."""
+    compile: bool = False
+    """Run the model through ``torch.compile`` (faster steps on GPUs after a compile pause)."""
+    fsdp_state_dict: str = "full"
+    """FSDP checkpoints: full (one file, gathered on rank 0) or sharded (a folder, one shard per rank)."""
+    fsdp_cpu_offload: bool = False
+    """FSDP: keep parameters and gradients in CPU memory between uses (fits bigger models, slower)."""
+    fsdp_sharding: str = "FULL_SHARD"
+    """FSDP sharding: FULL_SHARD (ZeRO-3), SHARD_GRAD_OP (ZeRO-2), HYBRID_SHARD or NO_SHARD."""
+    collective_timeout_s: int = 1800
+    """Seconds a rank waits in a collective before giving up, so a dead rank ends the job instead of hanging it."""
 
 
 @dataclass
@@ -337,6 +351,12 @@ def validate(cfg: Config) -> None:
         _check(getattr(t, key) >= 1, f"trainer.{key}", getattr(t, key), "a whole number >= 1")
     _check(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
            t.checkpoint_every_n_steps, "a whole number >= 1, or null")
+    _check(t.fsdp_state_dict in FSDP_STATE_DICTS, "trainer.fsdp_state_dict", t.fsdp_state_dict,
+           f"one of {', '.join(FSDP_STATE_DICTS)}")
+    _check(t.fsdp_sharding in FSDP_SHARDINGS, "trainer.fsdp_sharding", t.fsdp_sharding, f"one of {', '.join(FSDP_SHARDINGS)}")
+    _check(t.collective_timeout_s >= 1, "trainer.collective_timeout_s", t.collective_timeout_s, "a whole number >= 1")
+    _check(not t.activation_checkpointing or m.name in ("gpt", "vit"), "trainer.activation_checkpointing",
+           t.activation_checkpointing, "false for this model", "only transformer blocks (gpt, vit) are checkpointed")
     _check(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
            t.early_stopping_patience, "a whole number >= 1, or null")
     _check(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {', '.join(OPTIMIZERS)}")

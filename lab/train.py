@@ -9,10 +9,16 @@
 the data) and only then creates the run folder, so a refused config writes nothing.
 It records the run's life in summary.json: ``running`` -> ``completed`` / ``failed`` /
 ``interrupted``.
+
+Under several processes (``ddp``, torchrun, srun) every rank runs ``fit``; the ranks agree
+on one run folder (see ``lab.strategies``), rank 0 alone prepares the data and writes the
+folder, summary.json and the tokenizer, and a collective timeout turns a dead rank into a
+``failed`` run with a non-zero exit instead of a hang.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 import time
@@ -25,7 +31,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lab import env, runs
+from lab import env, runs, strategies
 from lab.callbacks import FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput
 from lab.checkpoints import AtomicCheckpointIO, load_checkpoint, newest_intact
 from lab.config import Config, flatten, from_dict, validate
@@ -40,7 +46,9 @@ def build_datamodule(cfg: Config) -> L.LightningDataModule:
     cls = DATAMODULES[cfg.data.name][1]
     if cfg.data.name == "text":
         # One window per micro-batch sample of the whole run: the n-th batch is the same every run.
-        samples = cfg.trainer.max_steps * cfg.trainer.accumulate_grad_batches * cfg.data.batch_size
+        t = cfg.trainer
+        ranks = (t.devices if isinstance(t.devices, int) else 1) * t.num_nodes  # each rank reads its share
+        samples = t.max_steps * t.accumulate_grad_batches * cfg.data.batch_size * ranks
         return cls(cfg.data, block_size=cfg.model.block_size, seed=cfg.seed, num_train_samples=samples)
     return cls(cfg.data, seed=cfg.seed)
 
@@ -63,10 +71,14 @@ def build_module(cfg: Config, dm: L.LightningDataModule | None = None) -> LabMod
     return Classifier(build_model(model_cfg), cfg.optimizer, cfg.trainer.max_steps, num_classes=model_cfg.num_classes)
 
 
-def global_batch(cfg: Config) -> dict[str, int]:
-    """Global batch = micro-batch x devices x nodes x accumulation (the lr is not rescaled)."""
+def global_batch(cfg: Config, devices: int | None = None) -> dict[str, int]:
+    """Global batch = micro-batch x devices x nodes x accumulation (the lr is not rescaled).
+
+    ``devices``: processes per node as the Trainer resolved them (default: from the config).
+    """
     t = cfg.trainer
-    devices = t.devices if isinstance(t.devices, int) else max(1, torch.cuda.device_count())
+    if devices is None:
+        devices = t.devices if isinstance(t.devices, int) else max(1, torch.cuda.device_count())
     return {"micro_batch": cfg.data.batch_size, "devices": devices, "nodes": t.num_nodes,
             "accumulate": t.accumulate_grad_batches,
             "global": cfg.data.batch_size * devices * t.num_nodes * t.accumulate_grad_batches}
@@ -95,9 +107,10 @@ def build_trainer(cfg: Config, run: runs.Run, callbacks: Iterable[L.Callback] = 
     return L.Trainer(
         default_root_dir=run.path, logger=logger, callbacks=cbs, plugins=[AtomicCheckpointIO()],
         max_steps=t.max_steps, accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes,
-        strategy=t.strategy, precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
+        strategy=strategies.build_strategy(cfg), precision=t.precision, accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, val_check_interval=t.val_check_interval,
         check_val_every_n_epoch=None, limit_val_batches=t.limit_val_batches, log_every_n_steps=t.log_every_n_steps,
+        use_distributed_sampler=False,  # lab.strategies.shard_train_loader shards, keeping the lab's order
         deterministic=t.deterministic, enable_progress_bar=progress, enable_model_summary=False,
         num_sanity_val_steps=1 if resume_step is None else 0,
     )
@@ -123,38 +136,57 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
         raise LabError("fit needs a config or a run to resume")
     cfg = from_dict(config if config is not None else resume.config) if not isinstance(config, Config) else config
     validate(cfg)
+    cfg.trainer.strategy = strategies.notebook_switch(cfg.trainer.strategy)
+    strategies.check_supported(cfg)  # FSDP/DeepSpeed on CPU: refused before any work
+    ctx = strategies.launch_context()
+    if ctx.external:
+        strategies.init_early(cfg)  # torchrun/srun: the group forms now, so rank 0 can share the folder
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
-    dm.prepare_data()
+    if ctx.is_zero:
+        dm.prepare_data()  # once; the other ranks wait, then read what rank 0 wrote
+    strategies.barrier()
     dm.setup("fit")  # data-dependent checks (block_size vs split sizes) happen here, before the run folder
+    strategies.shard_train_loader(dm)
     module = build_module(cfg, dm)
+    if cfg.trainer.activation_checkpointing and cfg.trainer.strategy != "fsdp":
+        strategies.checkpoint_blocks(module.model)  # FSDP does its own, per wrapped block
+    if cfg.trainer.compile:
+        # In place (nn.Module.compile): the model's state-dict keys stay the same, so checkpoints
+        # load into an uncompiled model; compiling the whole LightningModule trips on self.log.
+        module.model.compile()
     ckpt_path, resume_step, notes = None, None, []
     if resume is not None:
         ckpt_path, notes = newest_intact(resume.path)
         resume_step = int(load_checkpoint(ckpt_path).get("global_step", 0))
-    _check_disk(runs.runs_root(runs_root) if resume is None else resume.path, module)
-    run = resume if resume is not None else runs.create_run(runs_root, cfg.experiment, cfg.to_dict())
-    if hasattr(dm, "tokenizer") and not run.tokenizer_path.exists():
-        dm.tokenizer.save(run.tokenizer_path)
+    run = _agree_on_run(cfg, ctx, dm, module, runs_root, resume)
     throughput = Throughput(peak_flops=env.peak_flops(_device(cfg)))
     trainer = build_trainer(cfg, run, [throughput, *callbacks], progress=progress, resume_step=resume_step,
                             stop=stop)
+    write = ctx.is_zero and trainer.is_global_zero
+    gb = global_batch(cfg, devices=trainer.num_devices)
+    if write and gb["global"] != gb["micro_batch"]:  # a plain one-device run has nothing to explain
+        print(f"global batch {gb['global']} = micro-batch {gb['micro_batch']} x {gb['devices']} devices x "
+              f"{gb['nodes']} nodes x {gb['accumulate']} accumulation (lr {cfg.optimizer.lr:g}, not rescaled)",
+              flush=True)
     started, before = time.time(), float(run.summary.get("wall_time_s") or 0.0)
     start_fields: dict[str, Any] = {"status": "running", "error": None}
     if resume is None:
         start_fields.update(
             experiment=run.experiment, run_id=run.run_id, started_at=runs.now_iso(),
             model={"name": cfg.model.name, "params": int(sum(p.numel() for p in module.model.parameters()))},
-            global_batch=global_batch(cfg), baseline=_baseline(dm), env=env.fingerprint())
+            global_batch=gb, strategy=cfg.trainer.strategy, baseline=_baseline(dm), env=env.fingerprint())
     else:
         start_fields["resumed"] = [*run.summary.get("resumed", []),
                                    {"at": runs.now_iso(), "from": ckpt_path.name, "step": resume_step, "skipped": notes}]
-    runs.update_summary(run, **start_fields)
+    _update(run, write, **start_fields)
 
     def ended(**fields: Any) -> dict[str, Any]:
-        return runs.update_summary(run, ended_at=runs.now_iso(), wall_time_s=before + time.time() - started,
-                                   step=trainer.global_step, throughput=throughput.summary(), **fields)
+        return _update(run, write, ended_at=runs.now_iso(), wall_time_s=before + time.time() - started,
+                                   step=_steps_done(trainer, run), throughput=throughput.summary(), **fields)
 
+    if ctx.is_zero and not ctx.external:
+        os.environ[strategies.RUN_DIR_ENV] = str(run.path)  # ranks Lightning's ddp launcher starts use this run
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
@@ -175,6 +207,9 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
         if _is_out_of_memory(e):
             raise LabError(_oom_advice(cfg, run)) from e
         raise
+    finally:
+        if ctx.is_zero and not ctx.external:
+            os.environ.pop(strategies.RUN_DIR_ENV, None)
     ckpt_cb = trainer.checkpoint_callback
     best = {"val/loss": float(ckpt_cb.best_model_score)} if ckpt_cb and ckpt_cb.best_model_score is not None else {}
     summary = ended(status="completed", best=best, final=final, test=test_metrics)
@@ -183,6 +218,51 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
     trainer.logger.finalize("success")
     run.summary = summary
     return run
+
+
+def _agree_on_run(cfg: Config, ctx: strategies.LaunchContext, dm: L.LightningDataModule, module: LabModule,
+                  runs_root: Any, resume: runs.Run | None) -> runs.Run:
+    """The run folder every rank uses; only global rank 0 creates it and writes into it."""
+    run: runs.Run | None = None
+    failure: str | None = None
+    if ctx.is_zero:
+        try:
+            _check_disk(runs.runs_root(runs_root) if resume is None else resume.path, module)
+            run = resume if resume is not None else runs.create_run(runs_root, cfg.experiment, cfg.to_dict())
+            if hasattr(dm, "tokenizer") and not run.tokenizer_path.exists():
+                dm.tokenizer.save(run.tokenizer_path)
+        except LabError as e:
+            failure = str(e)
+            if not ctx.external:
+                raise
+    if ctx.external:
+        # Rank 0 sends the folder, or why it has none: the others must not wait for a folder that never comes.
+        mine = failure if failure is not None else (str(run.path) if run is not None else None)
+        shared, failed = strategies.broadcast_text(mine, failed=failure is not None)
+        if failed:
+            raise LabError(failure if ctx.is_zero else f"rank 0 could not start the run: {shared}")
+        path = Path(shared)
+    elif ctx.inherited_run_dir is not None:
+        path = ctx.inherited_run_dir
+    else:
+        assert run is not None
+        return run
+    return run if run is not None else runs.Run(path, config=cfg.to_dict(), summary=dict(resume.summary if resume else {}))
+
+
+def _update(run: runs.Run, write: bool, **fields: Any) -> dict[str, Any]:
+    """summary.json is rank 0's: the other ranks keep their view in memory only."""
+    if write:
+        return runs.update_summary(run, **fields)
+    run.summary = {**run.summary, **fields}
+    return run.summary
+
+
+def _steps_done(trainer: L.Trainer, run: runs.Run) -> int:
+    """The optimizer steps taken; ddp_spawn/ddp_notebook train in worker processes, so ask their last.ckpt."""
+    if trainer.global_step or not run.checkpoint("last").exists():
+        return trainer.global_step
+    return int(load_checkpoint(run.checkpoint("last")).get("global_step", 0))
 
 
 def _check_disk(folder: Path, module: L.LightningModule) -> None:
@@ -282,3 +362,27 @@ def train_module(module: L.LightningModule, dm: L.LightningDataModule, max_steps
                         num_sanity_val_steps=0, gradient_clip_val=gradient_clip_val)
     trainer.fit(module, train_dataloaders=dm.train_dataloader())
     return module.eval()
+
+
+def lr_find(cfg: Config, num_training: int = 100, min_lr: float = 1e-5, max_lr: float = 1.0) -> Any:
+    """Lightning's learning-rate range test on ``cfg``'s model and data, with no run folder.
+
+    Trains ``num_training`` steps while raising the lr exponentially; ``finder.suggestion()``
+    is the rate where the loss falls fastest, ``finder.plot(suggest=True)`` draws it.
+    """
+    import tempfile
+
+    from lightning.pytorch.tuner import Tuner
+
+    validate(cfg)
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    module = build_module(cfg, dm)
+    with tempfile.TemporaryDirectory(prefix="lr-find-") as scratch:  # lr_find saves and restores a checkpoint
+        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max(num_training, cfg.trainer.max_steps),
+                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=scratch)
+        return Tuner(trainer).lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr,
+                                      num_training=num_training, update_attr=False)

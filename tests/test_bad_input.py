@@ -132,6 +132,11 @@ CASES: list[tuple[str, str]] = [
     ("plan --tokens 12q", "12q"),
     ("plan --device TPUv9", "TPUv9"),
     ("plan --config no-such-preset", "no-such-preset"),
+    # launch
+    ("launch --nodes 0 --gpus-per-node 2 -- lab fit", "--nodes"),
+    ("launch --nodes 2 --gpus-per-node 2 -- lab evaluate x", "training command"),
+    ("launch --nodes 2 --gpus-per-node two -- lab fit", "gpus"),
+    ("launch --nodes 2 --gpus-per-node 2 --slurm --time forever -- lab fit", "forever"),
     # doctor
     ("doctor --runs_dir {files}/a_file", "a_file"),
     ("doctor --frobnicate", "--frobnicate"),
@@ -161,4 +166,4 @@ def test_bad_input_is_refused_cleanly(line: str, needle: str, world: dict[str, s
 
 def test_there_are_at_least_thirty_cases() -> None:
     assert len(CASES) >= 30
-    assert {c[0].split()[0] for c in CASES} >= {"fit", "evaluate", "compress", "sample", "plan", "doctor"}
+    assert {c[0].split()[0] for c in CASES} >= {"fit", "evaluate", "compress", "sample", "plan", "doctor", "launch"}
