@@ -1,34 +1,30 @@
 """The lab's dashboard: ``streamlit run dashboard/app.py`` (binds to 127.0.0.1, see .streamlit/config.toml).
 
-A thin view over ``lab.runs``: every page calls a tested ``lab`` function. This first page
-lists the runs; comparing runs and triggering evaluation/compression come with their issues.
+Pages (``dashboard/pages/``): Runs, Compare, Run, Actions (background jobs), Environment. Each
+is a thin view over ``lab.dashboard_data``, ``lab.jobs``, ``lab.evaluate``/``lab.compress`` and
+``lab.env``; run folders named in the UI or the URL (``/Run?run=<exp>/<id>``,
+``/Compare?runs=a,b``, ``/Actions?run=...``) resolve inside the runs root or are refused.
+The runs folder is picked in the sidebar (default ``$LAB_RUNS_DIR`` or ``./runs``).
 """
 
 from __future__ import annotations
 
-import os
+from pathlib import Path
 
 import streamlit as st
 
-from lab.runs import list_runs, runs_root
+PAGES = Path(__file__).resolve().parent / "pages"
 
-st.set_page_config(page_title="Large Model Lab", layout="wide")
-st.title("Large Model Lab — runs")
-root = st.sidebar.text_input("Runs folder", value=str(runs_root(os.environ.get("LAB_RUNS_DIR"))))
-rows = [
-    {
-        "run": r.name,
-        "status": r.status,
-        "model": r.summary.get("model", {}).get("name"),
-        "params": r.summary.get("model", {}).get("params"),
-        "steps": r.summary.get("step"),
-        "best val/loss": r.summary.get("best", {}).get("val/loss"),
-        "wall time (s)": r.summary.get("wall_time_s"),
-        "started": r.summary.get("started_at"),
-    }
-    for r in reversed(list_runs(root))
-]
-if rows:
-    st.dataframe(rows, use_container_width=True)
-else:
-    st.info(f"No runs under {root} yet: run `lab quickstart`.")
+if not st.get_option("server.address"):
+    # Streamlit reads .streamlit/config.toml from the working directory only: started elsewhere,
+    # the server listens on every interface. Say so rather than silently exposing the runs.
+    st.sidebar.warning("This server may be reachable from other machines: start it from the repo root "
+                       "(which has .streamlit/config.toml) or pass `--server.address 127.0.0.1`.")
+
+st.navigation([
+    st.Page(PAGES / "runs.py", title="Runs", icon=":material/table_rows:", default=True),
+    st.Page(PAGES / "compare.py", title="Compare", icon=":material/compare_arrows:", url_path="Compare"),
+    st.Page(PAGES / "run.py", title="Run", icon=":material/monitoring:", url_path="Run"),
+    st.Page(PAGES / "actions.py", title="Actions", icon=":material/play_circle:", url_path="Actions"),
+    st.Page(PAGES / "environment.py", title="Environment", icon=":material/memory:", url_path="Environment"),
+]).run()

@@ -41,6 +41,9 @@ from lab.fileio import atomic_write_text, write_json
 
 SUMMARY, CONFIG, TOKENIZER = "summary.json", "config.yaml", "tokenizer.json"
 STATUSES = ("running", "completed", "failed", "interrupted")
+# libyaml's safe loader when PyYAML was built with it: same result, ~10x faster, and listing
+# hundreds of runs (lab runs, the dashboard) is mostly parsing config.yaml files.
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def runs_root(root: str | Path | None = None) -> Path:
@@ -153,7 +156,7 @@ def load_run(path: str | Path) -> Run:
     path = Path(path)
     if not path.is_dir() or not ((path / CONFIG).exists() or (path / SUMMARY).exists()):
         raise LabError(f"{path} is not a run folder (no {CONFIG} or {SUMMARY}); `lab runs` lists the runs")
-    config = yaml.safe_load((path / CONFIG).read_text(encoding="utf-8")) if (path / CONFIG).exists() else {}
+    config = yaml.load((path / CONFIG).read_text(encoding="utf-8"), Loader=_YAML_LOADER) if (path / CONFIG).exists() else {}
     try:
         summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
     except (FileNotFoundError, json.JSONDecodeError):

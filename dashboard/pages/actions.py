@@ -1,0 +1,116 @@
+"""Start ``lab evaluate`` / ``compress`` / ``export`` / ``fit`` in the background and follow the jobs.
+
+Jobs are subprocesses with their state on disk (``lab.jobs``): they survive a browser refresh or a
+dashboard restart; clicking twice returns the job already running; a failed job shows its error.
+URL: ``/Actions?run=<exp>/<id>`` preselects the run.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import streamlit as st
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dashboard/, for `common`
+import common  # noqa: E402
+from lab import jobs  # noqa: E402
+from lab.errors import LabError  # noqa: E402
+
+root = common.setup("Actions")
+rows = common.runs_table(root)
+names = [r["run"] for r in rows]
+wanted = st.query_params.get("run", "")
+if wanted:
+    wanted = common.canonical(wanted, root, names)  # shows why a name is refused (outside the root, no run)
+    if wanted is None:
+        st.stop()
+
+
+def launch(args: list[str], label: str) -> None:
+    try:
+        before = {j.id for j in jobs.list_jobs(root)}
+        job = jobs.start(args, root, label=label)
+    except LabError as e:
+        st.error(str(e))
+        return
+    if job.id in before:
+        st.info(f"Already {job.state}: job {job.id} (`{job.display_command}`), no duplicate started.")
+    else:
+        st.success(f"Started job {job.id}: `{job.display_command}`")
+
+
+if names:
+    name = st.selectbox("Run", names, index=names.index(wanted) if wanted in names else 0)
+    st.query_params["run"] = name
+    run = common.resolve(name, root)
+else:
+    st.info(f"No runs under {root} yet: train one below.")
+    run = None
+
+if run is not None:
+    from lab.compress import METHODS
+    from lab.export import FORMATS
+
+    c1, c2, c3 = st.columns(3)
+    with c1:
+        st.subheader("Evaluate")
+        ckpt = st.selectbox("Checkpoint", ["best", "last"], key="ev-ckpt")
+        split = st.selectbox("Split", ["test", "val"], key="ev-split")
+        max_batches = st.number_input("Max batches (0 = all)", 0, 10_000, 0, key="ev-mb")
+        repeats = st.number_input("Timing repeats", 1, 200, 20, key="ev-rep")
+        if st.button("Evaluate", type="primary"):
+            args = ["evaluate", run.name, "--ckpt", ckpt, "--split", split, "--repeats", str(repeats)]
+            launch(args + (["--max_batches", str(max_batches)] if max_batches else []), f"evaluate {run.name}")
+    with c2:
+        st.subheader("Compress")
+        method = st.selectbox("Method", [*METHODS, "all"], key="co-method")
+        c_mb = st.number_input("Max batches (0 = all)", 0, 10_000, 0, key="co-mb")
+        if st.button("Compress"):
+            args = ["compress", run.name, "--method", method] + (["--max_batches", str(c_mb)] if c_mb else [])
+            launch(args, f"compress {run.name} {method}")
+    with c3:
+        st.subheader("Export")
+        fmt = st.selectbox("Format", list(FORMATS), key="ex-fmt")
+        if st.button("Export"):
+            launch(["export", run.name, "--format", fmt], f"export {run.name} {fmt}")
+
+st.subheader("Train a new run from an edited config")
+base = yaml.safe_dump(run.config, sort_keys=False) if run is not None else ""
+text = st.text_area("config.yaml", value=base, height=260, key=f"fit-config-{run.name if run else ''}")
+if st.button("Train"):
+    try:
+        launch(jobs.config_job_args(text, root), "fit (edited config)")
+    except LabError as e:
+        st.error(f"config refused: {e}")
+
+
+def job_list() -> None:
+    found = jobs.list_jobs(root)
+    if not found:
+        st.info("No jobs yet.")
+        return
+    now = time.time()
+    for job in found:
+        elapsed = job.elapsed(now)
+        head = f"**{job.state}** · `{job.display_command}` · {elapsed:.0f} s" if elapsed is not None else \
+            f"**{job.state}** · `{job.display_command}`"
+        with st.container(border=True):
+            st.markdown(f"{head} · job {job.id}")
+            if job.state == "failed" and job.error:
+                st.error(job.error)
+            if job.active and st.button("Cancel", key=f"cancel-{job.id}"):
+                jobs.cancel(job.id, root)
+                st.rerun()
+            log = jobs.tail(job, 15)
+            if log:
+                with st.expander("log", expanded=job.active or job.state == "failed"):
+                    st.code(log, language="text")
+
+
+st.subheader("Jobs")
+active = any(j.active for j in jobs.list_jobs(root))
+# Only the job list reruns on the timer, and only while a job is queued or running.
+st.fragment(job_list, run_every=2 if active else None)()

@@ -1,0 +1,186 @@
+"""lab.dashboard_data and lab.tfevents against runs made by real short trainings."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from lab import dashboard_data as dd
+from lab import runs as runs_mod
+from lab.config import load_config
+from lab.errors import LabError
+from lab.tfevents import event_files, read_events, read_scalars
+from lab.train import fit
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two seed-mlp runs that differ in learning rate, and one tiny gpt-nano (samples, tokens)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    base = tmp_path_factory.mktemp("runs")
+    for lr in (0.05, 0.02):
+        fit(load_config("seed-mlp", {"trainer.max_steps": 30, "trainer.val_check_interval": 10,
+                                     "optimizer.lr": lr}), runs_root=base, progress=False)
+    fit(load_config("gpt-nano", {"trainer.max_steps": 20, "model.n_layer": 1, "model.n_embd": 32,
+                                 "trainer.val_check_interval": 10, "trainer.limit_val_batches": 2}),
+        runs_root=base, progress=False)
+    return base
+
+
+def _runs(root: Path) -> dict[str, runs_mod.Run]:
+    found = runs_mod.list_runs(root)
+    return {"mlp": [r for r in found if r.experiment == "seed-mlp"], "gpt": [r for r in found if r.experiment == "gpt-nano"]}
+
+
+def test_runs_table_rows(root: Path) -> None:
+    rows = dd.runs_table(root)
+    assert len(rows) == 3
+    assert [r["run"] for r in rows] == [r.name for r in reversed(runs_mod.list_runs(root))]  # newest first
+    by_exp = {r["experiment"]: r for r in rows}
+    gpt = by_exp["gpt-nano"]
+    assert gpt["status"] == "completed" and gpt["steps"] == 20 and gpt["max steps"] == 20
+    assert gpt["model"] == "gpt" and gpt["params"] > 0
+    assert gpt["best metric"] == "val/loss" and gpt["best value"] > 0
+    assert gpt["throughput unit"] == "tokens/s" and gpt["throughput"] > 0
+    assert by_exp["seed-mlp"]["throughput unit"] == "samples/s"
+
+
+def test_filter_rows(root: Path) -> None:
+    rows = dd.runs_table(root)
+    assert [r["experiment"] for r in dd.filter_rows(rows, search="GPT")] == ["gpt-nano"]
+    assert len(dd.filter_rows(rows, experiments=["seed-mlp"])) == 2
+    assert dd.filter_rows(rows, statuses=["failed"]) == []
+    assert not dd.any_active(rows)
+    assert dd.any_active([{**rows[0], "status": "running"}])
+
+
+def test_signature_changes_only_when_files_change(tmp_path: Path, root: Path) -> None:
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    sig = dd.runs_signature(copy)
+    assert len(sig) == 3 and dd.runs_signature(copy) == sig
+    run = runs_mod.list_runs(copy)[0]
+    run_sig = dd.run_signature(run)
+    time.sleep(0.01)
+    runs_mod.update_summary(run, status="running")
+    assert dd.runs_signature(copy) != sig
+    assert dd.run_signature(run) != run_sig
+    assert dd.runs_signature(tmp_path / "missing") == ()
+
+
+@pytest.mark.parametrize("name", ["../outside", "/etc", "seed-mlp/../../outside", "%2e%2e/outside", "", "  "])
+def test_resolve_refuses_names_outside_the_root(root: Path, name: str) -> None:
+    with pytest.raises(LabError):
+        dd.resolve(name, root)
+
+
+def test_resolve_many(root: Path) -> None:
+    name = runs_mod.list_runs(root)[0].name
+    found, errors = dd.resolve_many([name, "../x", "nope/nope"], root)
+    assert [r.name for r in found] == [name]
+    assert len(errors) == 2 and "outside the runs root" in errors[0]
+
+
+def test_fast_reader_matches_tensorboard(root: Path) -> None:
+    for run in runs_mod.list_runs(root):
+        ours, theirs = read_scalars(run.path), runs_mod.scalars(run)
+        assert set(ours) == set(theirs) and "train/loss" in ours
+        for tag in theirs:
+            assert [(s, v) for s, _, v in ours[tag]] == pytest.approx([(s, v) for s, _, v in theirs[tag]])
+
+
+def test_fast_reader_survives_a_truncated_file(tmp_path: Path, root: Path) -> None:
+    run = _runs(root)["mlp"][0]
+    copy = tmp_path / "run"
+    shutil.copytree(run.path, copy)
+    biggest = max(event_files(copy), key=lambda p: p.stat().st_size)
+    full = len(read_scalars(copy)["train/loss"])
+    data = biggest.read_bytes()
+    biggest.write_bytes(data[: len(data) - 7])  # cut the last record in half
+    cut = read_scalars(copy)
+    assert 0 < len(cut.get("train/loss", [])) <= full
+
+
+def test_samples_are_read_from_text_summaries(root: Path) -> None:
+    runs = _runs(root)
+    assert read_events(runs["gpt"][0].path).texts
+    samples = dd.samples(runs["gpt"][0])
+    assert samples and samples[0]["step"] >= samples[-1]["step"] and samples[0]["text"]
+    assert dd.samples(runs["mlp"][0]) == []
+
+
+def test_smooth() -> None:
+    assert dd.smooth([1.0, 2.0, 3.0], 0.0) == [1.0, 2.0, 3.0]
+    assert dd.smooth([5.0] * 4, 0.9) == pytest.approx([5.0] * 4)  # debiased: no ramp from 0
+    assert dd.smooth([0.0, 1.0], 0.5) == pytest.approx([0.0, 0.5 / 0.75])
+    out = dd.smooth([1.0, float("nan"), 1.0], 0.5)
+    assert out[0] == 1.0 and out[1] != out[1] and out[2] == pytest.approx(1.0)
+    with pytest.raises(LabError):
+        dd.smooth([1.0], 1.0)
+
+
+def test_curves_x_axes(root: Path) -> None:
+    runs = _runs(root)
+    gpt, mlp = runs["gpt"][0], runs["mlp"][0]
+    per_step, unit = dd.tokens_per_step(gpt)
+    assert unit == "tokens" and per_step == 12 * 64  # global batch x block size
+    assert dd.tokens_per_step(mlp) == (32, "samples")
+    df = dd.curves([gpt, mlp], ["train/loss", "val/loss"], x="tokens", smoothing=0.5)
+    assert set(df["run"]) == {gpt.name, mlp.name} and set(df["tag"]) == {"train/loss", "val/loss"}
+    g = df[(df["run"] == gpt.name) & (df["tag"] == "train/loss")]
+    assert (g["x"] == g["step"] * per_step).all()
+    wall = dd.curves([gpt], ["train/loss"], x="wall time")
+    assert wall["x"].min() >= 0 and wall["x"].is_monotonic_increasing
+    assert dd.curves([gpt], ["no/such"]).empty
+    with pytest.raises(LabError):
+        dd.curves([gpt], ["train/loss"], x="epochs")
+
+
+def test_config_diff_shows_only_differing_fields(root: Path) -> None:
+    a, b = _runs(root)["mlp"]
+    diff = dd.config_diff([a, b])
+    assert [row["field"] for row in diff] == ["optimizer.lr"]
+    assert {diff[0][a.name], diff[0][b.name]} == {0.05, 0.02}
+    full = dd.config_table([a, b], only_diff=False)
+    assert len(full) > 10 and sum(r["differs"] for r in full) == 1
+    hidden = next(r for r in full if r["field"] == "model.hidden")
+    assert hidden[a.name] == "[20]"  # lists as text: one type per column
+
+
+def test_final_metrics_and_hparams(root: Path) -> None:
+    a, b = _runs(root)["mlp"]
+    rows = {r["metric"]: r for r in dd.final_metrics([a, b])}
+    assert rows["best val/loss"][a.name] == a.summary["best"]["val/loss"]
+    assert rows["test/mse"][b.name] == b.summary["test"]["test/mse"]
+    assert rows["params"][a.name] == 241
+    points = dd.hparam_points([a, b], "best val/loss")
+    assert {p["optimizer.lr"] for p in points} == {0.05, 0.02}
+    assert all(p["best val/loss"] is not None for p in points)
+
+
+def test_run_details_reports_and_artifacts(tmp_path: Path, root: Path) -> None:
+    from lab.compress import compress
+    from lab.evaluate import evaluate
+
+    run = _runs(root)["mlp"][0]
+    copy_root = tmp_path / "runs"
+    shutil.copytree(run.path, copy_root / run.name)
+    run = runs_mod.load_run(copy_root / run.name)
+    assert dd.eval_reports(run) == []
+    assert dd.compression(run) == {"comparison": None, "pareto_png": None, "methods": {}}
+    evaluate(run, max_batches=1, repeats=1, warmup=1, log=False)
+    compress(run, "int8-dynamic", max_batches=1, repeats=1)
+    reports = dd.eval_reports(run)
+    assert [r["label"] for r in reports] == ["best"] and reports[0]["report"]["split"] == "test"
+    comp = dd.compression(run)
+    assert list(comp["methods"]) == ["int8-dynamic"]
+    rows = dd.method_rows(comp["methods"])
+    assert rows[0]["method"] == "int8-dynamic" and rows[0]["size_ratio"] > 0
+    files = {f["file"]: f["bytes"] for f in dd.artifacts(run)}
+    assert files["checkpoints/best.ckpt"] == (run.path / "checkpoints/best.ckpt").stat().st_size
+    assert "reports/eval-best.json" in files and "compressed/int8-dynamic/report.json" in files
+    assert dd.reproduce_command(run) == f"lab fit --config {run.path / 'config.yaml'}"
