@@ -130,3 +130,14 @@ def test_quickstart_budget_beats_unigram_baseline(tmp_path: Path) -> None:
     best = run.summary["best"]["val/loss"]
     # a margin of 1 nat/char: a model that only learnt letter frequencies cannot get there
     assert best < baseline - 1.0, (best, baseline)
+
+
+def test_lr_find_sweeps_the_range_without_a_run_folder(tmp_path, monkeypatch) -> None:
+    from lab.train import lr_find
+
+    monkeypatch.chdir(tmp_path)
+    finder = lr_find(load_config("seed-mlp", {"trainer.max_steps": 5}), num_training=20, min_lr=1e-4, max_lr=1.0)
+    lrs = finder.results["lr"]
+    assert len(lrs) == 20 and all(a < b for a, b in zip(lrs, lrs[1:]))
+    assert 1e-4 <= finder.suggestion() <= 1.0
+    assert list(tmp_path.iterdir()) == []  # nothing written where it ran

@@ -1,0 +1,206 @@
+"""The hyperparameter panel: tune a config, see its cost, train it live, stop it cleanly.
+
+    from lab.widgets import HyperparameterPanel
+    panel = HyperparameterPanel("gpt-nano")        # display it: the last expression of a cell
+    panel.set(n_layer=2, lr=3e-3)                  # or move the sliders
+    panel.assessment.params, panel.assessment.reason
+    panel.train_button.click()                     # same as clicking Train; training runs in a thread
+    panel.stop_button.click()                      # ends it cleanly: last.ckpt kept, run `interrupted`
+    run = panel.wait()                             # the Run under runs/<experiment>/<run_id>/
+
+Everything the panel knows comes from ``lab.widgets.mapping`` (state <-> config, validation
+through ``lab.config``, estimates from ``lab.plan``) and ``lab.train.fit``: the panel only
+lays the values out.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any, Callable, Mapping
+
+import ipywidgets as w
+
+from lab.config import PRECISIONS, STRATEGIES, list_presets
+from lab.widgets.live import LiveFeed, Throttle, chart_png
+from lab.widgets.mapping import Assessment, TrainJob, assess, config_from_state, human, human_bytes, state_from_config
+
+_WIDE = {"style": {"description_width": "110px"}, "layout": w.Layout(width="360px")}
+
+
+def _widen(widget: w.Widget, value: Any) -> None:
+    """Stretch a slider's range to hold a preset's value (a log slider's bounds are exponents)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not hasattr(widget, "max"):
+        return
+    if isinstance(widget, w.FloatLogSlider):
+        exponent = math.log(value, widget.base) if value > 0 else widget.min
+        widget.min, widget.max = min(widget.min, math.floor(exponent)), max(widget.max, math.ceil(exponent))
+    else:
+        widget.min, widget.max = min(widget.min, value), max(widget.max, value)
+
+
+class HyperparameterPanel:
+    """ipywidgets controls for the config fields in ``mapping.FIELDS`` plus Train/Stop and a live chart."""
+
+    def __init__(self, preset: str = "gpt-nano", base: Mapping[str, Any] | Callable[[str], Mapping[str, Any]] | None = None,
+                 runs_root: Any = None, device: str | None = None, min_redraw_s: float = 0.5) -> None:
+        """``base``: overrides applied under the widgets, or a function preset -> overrides
+        (``workshop.tiny`` shrinks each preset in small mode); ``device``: the planner's device name."""
+        self._base, self.runs_root, self.device = base, runs_root, device
+        self.job: TrainJob | None = None
+        self.feed: LiveFeed | None = None
+        self._throttle = Throttle(min_redraw_s)
+        self._loading = False
+        c = self.controls = {
+            "preset": w.Dropdown(description="preset", options=list_presets(), value=preset, **_WIDE),
+            "n_layer": w.IntSlider(description="n_layer", min=1, max=24, **_WIDE),
+            "n_head": w.IntSlider(description="n_head", min=1, max=16, **_WIDE),
+            "n_embd": w.IntSlider(description="n_embd", min=8, max=1024, step=8, **_WIDE),
+            "block_size": w.IntSlider(description="block_size", min=8, max=1024, step=8, **_WIDE),
+            "dropout": w.FloatSlider(description="dropout", min=0.0, max=0.5, step=0.05, **_WIDE),
+            "lr": w.FloatLogSlider(description="learning rate", base=10, min=-5, max=-0.5, step=0.1,
+                                   readout_format=".1e", **_WIDE),
+            "warmup_steps": w.IntSlider(description="warm-up steps", min=0, max=1000, step=5, **_WIDE),
+            "batch_size": w.IntSlider(description="batch size", min=1, max=256, **_WIDE),
+            "max_steps": w.IntText(description="steps", **_WIDE),
+            "precision": w.Dropdown(description="precision", options=list(PRECISIONS), **_WIDE),
+            "strategy": w.Dropdown(description="strategy", options=list(STRATEGIES), **_WIDE),
+            "devices": w.BoundedIntText(description="devices", min=1, max=64, **_WIDE),
+        }
+        self.readout = w.HTML()
+        self.train_button = w.Button(description="Train", button_style="success", icon="play")
+        self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
+        self.status = w.HTML()
+        self.chart = w.Image(format="png")
+        c["preset"].observe(lambda ch: self.load_preset(ch["new"]), names="value")
+        for name, widget in c.items():
+            if name != "preset":
+                widget.observe(lambda _: self._changed(), names="value")
+        self.train_button.on_click(lambda _: self.train())
+        self.stop_button.on_click(lambda _: self.stop())
+        controls = list(c.values())
+        half = (len(controls) + 1) // 2
+        self.widget = w.VBox([
+            w.HBox([w.VBox(controls[:half]), w.VBox(controls[half:])]),
+            self.readout, w.HBox([self.train_button, self.stop_button]), self.status, self.chart])
+        self.assessment = Assessment(ok=False)
+        self.load_preset(preset)
+
+    # ------------------------------------------------------------------ state <-> widgets
+    @property
+    def base(self) -> dict[str, Any]:
+        """The overrides under the widgets for the selected preset."""
+        b = self._base(self.controls["preset"].value) if callable(self._base) else self._base
+        return dict(b or {})
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """The widget values as ``mapping`` state (disabled widgets -> None: the model has no such field)."""
+        return {name: (None if widget.disabled and name != "preset" else widget.value)
+                for name, widget in self.controls.items()}
+
+    def load_preset(self, preset: str) -> None:
+        """Set every widget from a preset (widgets for fields its model lacks are disabled)."""
+        if self.controls["preset"].value != preset:
+            self.controls["preset"].value = preset  # its observer calls back here
+            return
+        state = state_from_config(config_from_state({"preset": preset}, self.base), preset)
+        self._loading = True  # one assessment after all widgets moved, not one per widget
+        try:
+            for name, value in state.items():
+                widget = self.controls[name]
+                # None: the model has no such field; "auto" devices: leave it to the config.
+                unset = value is None or (name == "devices" and not isinstance(value, int))
+                widget.disabled = unset and name != "preset"
+                if unset:
+                    continue
+                _widen(widget, value)
+                widget.value = value
+        finally:
+            self._loading = False
+        self._changed()
+
+    def set(self, **values: Any) -> Assessment:
+        """Move widgets from code (``panel.set(n_head=3)``) and return the new assessment."""
+        self._loading = True
+        try:
+            for name, value in values.items():
+                self.controls[name].value = value
+        finally:
+            self._loading = False
+        return self._changed()
+
+    def _changed(self) -> Assessment:
+        if self._loading:
+            return self.assessment
+        self.assessment = a = assess(self.state, self.base, device=self.device)
+        self.readout.value = self._readout_html(a)
+        self._sync_buttons()
+        return a
+
+    @staticmethod
+    def _readout_html(a: Assessment) -> str:
+        figures = (f"<b>parameters</b> {human(a.params)} &nbsp; <b>FLOPs/{a.unit[:-1]}</b> {human(a.flops_per_unit)}"
+                   f" &nbsp; <b>memory/device</b> {human_bytes(a.memory_bytes)} of {human_bytes(a.device_memory)}")
+        if not a.ok:
+            return f"{figures if a.params else ''}<div style='color:#b00'>&#9888; {html.escape(a.reason)}</div>"
+        return figures
+
+    def _sync_buttons(self) -> None:
+        running = self.job is not None and self.job.running
+        self.train_button.disabled = running or not self.assessment.ok
+        self.train_button.tooltip = "" if self.assessment.ok else self.assessment.reason
+        self.stop_button.disabled = not running
+
+    # ------------------------------------------------------------------ training
+    def train(self) -> TrainJob | None:
+        """Start ``lab.train.fit`` on the panel's config in a background thread (None when refused)."""
+        a = self._changed()
+        if not a.ok or a.config is None or (self.job is not None and self.job.running):
+            return None
+        self.feed = LiveFeed(listener=self._on_point)
+        self.job = TrainJob(a.config, self.runs_root, callbacks=[self.feed], on_done=self._on_done)
+        self.status.value = f"training {html.escape(a.config.experiment)} for {a.config.trainer.max_steps} steps ..."
+        self.job.start()
+        self._sync_buttons()
+        return self.job
+
+    def stop(self) -> None:
+        """Ask the run to stop at the end of the current step (last.ckpt saved, run `interrupted`)."""
+        if self.job is not None and self.job.running:
+            self.job.stop()
+            self.status.value = "stopping at the end of this step ..."
+
+    def wait(self, timeout: float | None = None) -> Any:
+        """Block until the current run ends; return its Run (None if none was started)."""
+        return self.job.wait(timeout) if self.job is not None else None
+
+    @property
+    def run(self) -> Any:
+        return self.job.run if self.job is not None else None
+
+    def _on_point(self, point: dict[str, float]) -> None:
+        if self._throttle.ready():
+            self._draw()
+
+    def _draw(self) -> None:
+        if self.feed is not None and self.feed.history:
+            self.chart.value = chart_png(self.feed.history, self.feed.unit)
+
+    def _on_done(self, job: TrainJob) -> None:
+        self._draw()
+        if job.error is not None:
+            self.status.value = (f"<span style='color:#b00'>failed: {html.escape(type(job.error).__name__)}: "
+                                 f"{html.escape(str(job.error))}</span>")
+        else:
+            run = job.run
+            where = html.escape(str(run.path)) if run is not None else "?"
+            what = "stopped (interrupted; last.ckpt kept)" if job.interrupted else "completed"
+            best = (run.summary.get("best") or {}).get("val/loss") if run is not None else None
+            self.status.value = f"{what}: <code>{where}</code>" + (f", best val/loss {best:.4f}" if best else "")
+        self._sync_buttons()
+
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)

@@ -1,0 +1,207 @@
+"""The workshop notebooks: executed top to bottom in small mode, committed clean, served by JupyterLab.
+
+Small mode (``LAB_NOTEBOOK_SMALL=1``, read by ``lab.widgets.workshop``) shrinks every training so
+the series runs in a few minutes on 2 cores. Each notebook gets its own runs folder, so the checks
+below see exactly what that notebook wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Callable
+
+import nbformat
+import pytest
+
+from lab import runs
+
+NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
+NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
+SERIES = ["00_environment", "01_data", "02_model", "03_train", "04_optimization", "05_distributed", "06_evaluate",
+          "07_compress", "08_vision_and_tabular"]
+
+
+def _text(nb: nbformat.NotebookNode) -> str:
+    """Every stream and text/plain output of an executed notebook, joined."""
+    parts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            parts.append(out.get("text", "") if out.get("output_type") == "stream"
+                         else out.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def _runs(root: Path, experiment: str | None = None) -> list[runs.Run]:
+    return [r for r in runs.list_runs(root) if experiment is None or r.experiment == experiment]
+
+
+def _loss_fell(run: runs.Run) -> bool:
+    curve = runs.scalars(run)["train/loss"]
+    return len(curve) >= 2 and curve[-1][2] < curve[0][2]
+
+
+def _check_00(nb, root: Path) -> None:
+    assert "counts:" in _text(nb) and "pip:" in _text(nb)
+
+
+def _check_01(nb, root: Path) -> None:
+    assert "unigram loss" in _text(nb) and "bpe vocabulary: 512" in _text(nb)
+
+
+def _check_02(nb, root: Path) -> None:
+    out = _text(nb)
+    assert "earlier positions unchanged: True" in out and "124,439,808" in out
+
+
+def _check_03(nb, root: Path) -> None:
+    found = _runs(root, "gpt-nano")
+    statuses = sorted(r.status for r in found)
+    assert statuses == ["completed", "completed", "interrupted"], statuses
+    completed = [r for r in found if r.status == "completed"]
+    assert all(_loss_fell(r) and r.checkpoint("best").exists() for r in completed)
+    stopped = next(r for r in found if r.status == "interrupted")
+    assert stopped.checkpoint("last").exists()
+    assert config_lrs(completed)[0] != config_lrs(completed)[1]
+
+
+def config_lrs(found: list[runs.Run]) -> list[float]:
+    return [r.config["optimizer"]["lr"] for r in found]
+
+
+def _check_04(nb, root: Path) -> None:
+    found = _runs(root, "optimization")
+    assert len(found) >= 10 and all(r.status == "completed" for r in found)
+    assert sum(_loss_fell(r) for r in found) >= len(found) - 2  # a deliberately too-high lr may not fall
+    assert "suggested learning rate" in _text(nb)
+    assert not list(NOTEBOOKS_DIR.glob(".lr_find*")), "the LR finder's temporary checkpoint must not land in notebooks/"
+
+
+def _check_05(nb, root: Path) -> None:
+    (run,) = _runs(root, "distributed")
+    assert run.status == "completed" and run.config["trainer"]["strategy"] == "ddp_notebook"
+    assert _loss_fell(run) and run.checkpoint("last").exists()
+    assert "torchrun --nnodes=2" in _text(nb) and "#SBATCH --nodes=2" in _text(nb)
+
+
+def _check_06(nb, root: Path) -> None:
+    (gpt,) = _runs(root, "gpt-nano")
+    report = json.loads(gpt.eval_report("best").read_text())
+    assert report["quality"]["perplexity"] > 1 and _loss_fell(gpt)
+    (cnn,) = _runs(root, "digits-cnn")
+    assert cnn.eval_report("best").exists() and (cnn.reports_dir / "confusion-best.png").exists()
+
+
+def _check_07(nb, root: Path) -> None:
+    (run,) = _runs(root, "gpt-nano")
+    comparison = json.loads((run.compressed_root / "comparison.json").read_text())
+    assert (run.compressed_root / "pareto.png").exists()
+    assert {"original", "int8-dynamic"} <= {row["method"] for row in comparison["rows"]}
+    assert (run.compressed_dir("int8-dynamic") / "report.json").exists()
+
+
+def _check_08(nb, root: Path) -> None:
+    for experiment in ("digits-cnn", "digits-vit", "seed-mlp"):
+        (run,) = _runs(root, experiment)
+        assert run.status == "completed" and run.eval_report("best").exists(), experiment
+    assert _loss_fell(_runs(root, "seed-mlp")[0])
+
+
+CHECKS: dict[str, Callable[[nbformat.NotebookNode, Path], None]] = {
+    name: globals()[f"_check_{name[:2]}"] for name in SERIES}
+
+
+def test_the_series_is_complete() -> None:
+    assert [p.stem for p in NOTEBOOKS] == SERIES
+    assert (NOTEBOOKS_DIR / "README.md").exists()
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    nbformat.validate(nb)
+    assert nb.metadata["kernelspec"]["name"] == "python3"
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{path.name}: clear outputs before committing"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_opens_with_goals_and_ends_with_exercises(path: Path) -> None:
+    nb = nbformat.read(path, as_version=4)
+    assert nb.cells[0].cell_type == "markdown" and "What you will learn" in nb.cells[0].source
+    assert nb.cells[-1].cell_type == "markdown"
+    assert "## Exercises" in nb.cells[-1].source and "Hints" in nb.cells[-1].source
+    assert "import lab" in "".join(c.source for c in nb.cells) or "from lab" in "".join(c.source for c in nb.cells)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_runs_top_to_bottom_in_small_mode(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from nbclient import NotebookClient
+
+    root = tmp_path / "runs"
+    # The kernel inherits this process's environment.
+    monkeypatch.setenv("LAB_NOTEBOOK_SMALL", "1")
+    monkeypatch.setenv("LAB_RUNS_DIR", str(root))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    nb = nbformat.read(path, as_version=4)
+    # nbclient raises CellExecutionError on the first failing cell, naming it.
+    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
+    CHECKS[path.stem](nb, root)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_jupyterlab_serves_the_notebooks(tmp_path: Path) -> None:
+    port, token = _free_port(), "lab-test-token"
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",
+         "--ServerApp.port_retries=0", f"--IdentityProvider.token={token}", f"--ServerApp.root_dir={NOTEBOOKS_DIR}",
+         # CI containers often run as root, which Jupyter refuses without this flag.
+         *(["--allow-root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else [])],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    try:
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/contents", headers={"Authorization": f"token {token}"})
+        deadline, listing = time.monotonic() + 120, None  # a guard against a server that never starts
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    assert response.status == 200
+                    listing = json.loads(response.read())
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert listing is not None, f"JupyterLab did not answer: {proc.stderr.read().decode()[-2000:] if proc.poll() is not None else 'still starting'}"
+        names = {item["name"] for item in listing["content"]}
+        assert {p.name for p in NOTEBOOKS} <= names
+        # Without the token the API refuses: the server is not open to anyone on the machine.
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents", timeout=5)
+            refused = False
+        except urllib.error.HTTPError as e:
+            refused = e.code == 403
+        assert refused
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/lab", headers=request.headers),
+                                    timeout=10) as page:
+            assert page.status == 200
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
