@@ -204,6 +204,11 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
         raise RunInterrupted(signum, run.path) from e
     except BaseException as e:
         ended(status="failed", error=f"{type(e).__name__}: {e}")
+        if not write and (run.path / runs.SUMMARY).exists():
+            # Rank 0 may be the one that died: a survivor that shares its folder (same node or
+            # a shared file system) records the failure, so the run does not stay "running".
+            runs.update_summary(runs.load_run(run.path), status="failed", ended_at=runs.now_iso(),
+                                step=trainer.global_step, error=f"rank {trainer.global_rank}: {type(e).__name__}: {e}")
         if _is_out_of_memory(e):
             raise LabError(_oom_advice(cfg, run)) from e
         raise
