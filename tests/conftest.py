@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import tempfile
+from typing import Any, Callable
 
 import pytest
+import torch
 
 # Set at import time so subprocesses the tests start (the `lab` CLI) inherit it too; one
 # folder for the whole session so the bundled corpus is tokenised once.
@@ -15,3 +17,36 @@ os.environ.setdefault("LAB_CACHE_DIR", tempfile.mkdtemp(prefix="lab-test-cache-"
 @pytest.fixture(autouse=True)
 def _quiet_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
+    models this small gain nothing from more, and on a busy 2-core machine spinning OpenMP
+    workers can slow every step down many times over."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _train_tiny(preset: str, overrides: dict[str, Any], steps: int = 60) -> tuple[Any, Any, Any]:
+    from lightning import seed_everything
+
+    from lab.config import load_config
+    from lab.train import build_datamodule, build_module, train_module
+
+    cfg = load_config(preset, overrides)
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    seed_everything(cfg.seed, verbose=False)
+    module = build_module(cfg, dm)
+    train_module(module, dm, steps)
+    return module, dm, cfg
+
+
+@pytest.fixture(scope="session")
+def train_tiny() -> Callable[..., tuple[Any, Any, Any]]:
+    """``train_tiny(preset, overrides, steps)`` -> (module, datamodule, config), trained with no run folder."""
+    return _train_tiny

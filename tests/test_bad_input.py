@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from lab import runs
 from lab.cli import main
 from lab.config import load_config
 from lab.data.tokenizers import train_tokenizer

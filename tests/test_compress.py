@@ -25,13 +25,7 @@ TINY_GPT = {"trainer.max_steps": 10, "trainer.val_check_interval": 5, "trainer.l
 FAST = {"max_batches": 6, "repeats": 2, "warmup": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> None:
-    """One intra-op thread: on a shared 2-core machine, 2 threads can be 100x slower when the other core is busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

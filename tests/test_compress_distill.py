@@ -6,7 +6,6 @@ import dataclasses
 import math
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,36 +15,18 @@ from lab.compress.distill import DistillationModule, _count, derive_student, dis
 from lab.config import from_dict, load_config, read_yaml
 from lab.errors import ConfigError, LabError
 from lab.models import build_model
-from lab.train import build_datamodule, build_module, train_module
+from lab.train import build_module, train_module
 
 TINY_GPT = {"trainer.max_steps": 60, "model.n_layer": 2, "model.n_embd": 32, "model.n_head": 2,
             "model.block_size": 32, "optimizer.warmup_steps": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Models this small gain nothing from intra-op threads, and on a busy 2-core machine spinning
-    OpenMP workers slow every step down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _trained(preset: str, overrides: dict, steps: int = 60):
-    cfg = load_config(preset, overrides)
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    L.seed_everything(cfg.seed, verbose=False)
-    module = build_module(cfg, dm)
-    train_module(module, dm, steps)
-    return module, dm, cfg
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def gpt():
-    return _trained("gpt-nano", TINY_GPT)
+def gpt(train_tiny):
+    return train_tiny("gpt-nano", TINY_GPT)
 
 
 def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -132,8 +113,8 @@ def test_distill_gpt_reports_student_next_to_baseline(gpt, tmp_path: Path) -> No
     ("digits-cnn", {"trainer.max_steps": 30}),
     ("seed-mlp", {"trainer.max_steps": 30, "model.hidden": [32]}),
 ])
-def test_distill_classifier_and_regressor(preset: str, overrides: dict, tmp_path: Path) -> None:
-    module, dm, cfg = _trained(preset, overrides, steps=30)
+def test_distill_classifier_and_regressor(preset: str, overrides: dict, tmp_path: Path, train_tiny) -> None:
+    module, dm, cfg = train_tiny(preset, overrides, steps=30)
     art = distill(module, dm, cfg, tmp_path, steps=15, temperature=4.0, alpha=0.7)
     assert art.params <= 0.5 * art.notes["teacher_params"]
     assert all(math.isfinite(v) for v in art.notes["val_loss"].values())

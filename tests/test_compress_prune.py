@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
 from safetensors.torch import load_model
@@ -13,39 +12,21 @@ from torch import nn
 
 from lab.compress import Artifact
 from lab.compress.prune import PrunedAttention, load_pruned, prunable_weights, structured, unstructured
-from lab.config import from_dict, load_config, read_yaml
+from lab.config import from_dict, read_yaml
 from lab.errors import LabError
 from lab.evaluate import quality
-from lab.train import build_datamodule, build_module, train_module
+from lab.train import build_module
 
 TINY_GPT = {"trainer.max_steps": 60, "model.n_layer": 2, "model.n_embd": 32, "model.n_head": 2,
             "model.block_size": 32, "optimizer.warmup_steps": 5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Models this small gain nothing from intra-op threads, and on a busy 2-core machine spinning
-    OpenMP workers slow every step down many times over."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def _trained(preset: str, overrides: dict, steps: int = 60):
-    cfg = load_config(preset, overrides)
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    L.seed_everything(cfg.seed, verbose=False)
-    module = build_module(cfg, dm)
-    train_module(module, dm, steps)
-    return module, dm, cfg
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def gpt():
-    return _trained("gpt-nano", TINY_GPT)
+def gpt(train_tiny):
+    return train_tiny("gpt-nano", TINY_GPT)
 
 
 @pytest.fixture(scope="module")
@@ -151,8 +132,8 @@ def test_structured_with_nothing_removed_is_the_same_function(gpt, tmp_path: Pat
         torch.testing.assert_close(art.predict(x), module.model(x), rtol=1e-5, atol=1e-5)
 
 
-def test_structured_cnn_drops_channels_and_saves_a_plain_config(tmp_path: Path) -> None:
-    module, dm, cfg = _trained("digits-cnn", {"trainer.max_steps": 30}, steps=30)
+def test_structured_cnn_drops_channels_and_saves_a_plain_config(tmp_path: Path, train_tiny) -> None:
+    module, dm, cfg = train_tiny("digits-cnn", {"trainer.max_steps": 30}, steps=30)
     art = structured(module, dm, cfg, tmp_path, amount=0.5, steps=10)
     model = art.example_module
     assert model.config.channels == (8, 16) and model.config.hidden == 32
@@ -169,8 +150,8 @@ def test_structured_cnn_drops_channels_and_saves_a_plain_config(tmp_path: Path) 
         assert torch.equal(load_pruned(tmp_path)(x), art.predict(x))
 
 
-def test_structured_mlp_halves_the_hidden_layer(tmp_path: Path) -> None:
-    module, dm, cfg = _trained("seed-mlp", {"trainer.max_steps": 60})
+def test_structured_mlp_halves_the_hidden_layer(tmp_path: Path, train_tiny) -> None:
+    module, dm, cfg = train_tiny("seed-mlp", {"trainer.max_steps": 60})
     art = structured(module, dm, cfg, tmp_path, amount=0.5, steps=20)
     assert art.example_module.config.hidden == (10,)
     assert art.notes["params_before"] == 241 and art.params == 10 * 10 + 10 + 10 + 1
