@@ -117,3 +117,13 @@ def curve_charts(runs: list[Run], key: str, default_tags: tuple[str, ...] = ("tr
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows)
+
+
+def wanted_run(root: Any, names: list[str]) -> str:
+    """The run named by the URL's ``?run=`` in canonical form, or ""; a refused name stops the page."""
+    wanted = st.query_params.get("run", "")
+    if wanted:
+        wanted = canonical(wanted, root, names)  # shows why a name is refused (outside the root, no run)
+        if wanted is None:
+            st.stop()
+    return wanted

@@ -22,11 +22,7 @@ from lab.errors import LabError  # noqa: E402
 root = common.setup("Actions")
 rows = common.runs_table(root)
 names = [r["run"] for r in rows]
-wanted = st.query_params.get("run", "")
-if wanted:
-    wanted = common.canonical(wanted, root, names)  # shows why a name is refused (outside the root, no run)
-    if wanted is None:
-        st.stop()
+wanted = common.wanted_run(root, names)
 
 
 def launch(args: list[str], label: str) -> None:

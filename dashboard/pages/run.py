@@ -18,11 +18,7 @@ dd = common.dd
 root = common.setup("Run")
 rows = common.runs_table(root)
 names = [r["run"] for r in rows]
-wanted = st.query_params.get("run", "")
-if wanted:
-    wanted = common.canonical(wanted, root, names)  # shows why a name is refused (outside the root, no run)
-    if wanted is None:
-        st.stop()
+wanted = common.wanted_run(root, names)
 if not names:
     st.info(f"No runs under {root} yet.")
     st.stop()
