@@ -83,3 +83,44 @@ def test_regressor_metrics_and_exact_flops_of_seed_mlp() -> None:
     # forward 2*(10*20 + 20*1); backward: both weight gradients (same again) plus the
     # input gradient of the second layer only (the data needs no gradient): 2*20*1
     assert module.flops_per_unit((x, y)) == 2 * 220 + 2 * 220 + 2 * 20
+
+
+def test_train_loss_is_logged_at_the_trainers_logging_steps_with_that_steps_value() -> None:
+    """``self.log`` is skipped between logging steps (it is costly); what the logger gets must not change."""
+    import lightning as L
+    from lightning.pytorch.loggers.logger import Logger
+
+    class Memory(Logger):
+        name, version = "memory", 0
+        experiment = None
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.points: list[tuple[int, float]] = []
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            if "train/loss" in metrics:
+                self.points.append((int(step), float(metrics["train/loss"])))
+
+        def log_hyperparams(self, params: object, *args: object, **kwargs: object) -> None:
+            pass
+
+    class Losses(L.Callback):
+        def __init__(self) -> None:
+            self.by_step: dict[int, float] = {}
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # type: ignore[no-untyped-def]
+            self.by_step[trainer.global_step - 1] = float(outputs["loss"])
+
+    torch.manual_seed(0)
+    module = LanguageModel(GPT(GPTConfig(vocab_size=13, n_layer=1, n_head=2, n_embd=8, block_size=6)), max_steps=12)
+    data = torch.utils.data.TensorDataset(torch.randint(0, 13, (64, 6)), torch.randint(0, 13, (64, 6)))
+    logger, losses = Memory(), Losses()
+    trainer = L.Trainer(max_steps=12, log_every_n_steps=5, logger=logger, callbacks=[losses], accelerator="cpu",
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, torch.utils.data.DataLoader(data, batch_size=4))
+    assert [s for s, _ in logger.points] == [4, 9]  # every 5th step, as Lightning writes them
+    for step, value in logger.points:
+        assert value == pytest.approx(losses.by_step[step])
+    # The last step is logged too, so summary.json's final train/loss is that step's.
+    assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.by_step[11])
