@@ -1,16 +1,21 @@
 """Compression ratios against fp32, measured in one run: int8 (torch / ONNX Runtime), ONNX, pruning, distillation.
 
-    python benchmarks/compression.py                         # about 10-15 minutes on 2 quiet CPU cores
+    python benchmarks/compression.py --threads 1             # about 30 minutes on 2 CPU cores
     python benchmarks/compression.py --threads 1 --batch 8   # a fixed thread count (recorded)
     python benchmarks/compression.py --models nano --skip prune,prune-structured,distill
 
 Two language models are trained inside the benchmark on the bundled corpus (char tokens):
 
-- ``gpt-nano``: the default preset's shape (4 layers, 128 wide, block 64, 0.8M parameters),
-  ``--nano-steps`` steps;
+- ``gpt-nano``: the default preset (4 layers, 128 wide, block 64, 0.8M parameters),
+  ``--nano-steps`` steps (the preset's 1,500 by default);
 - ``gpt-10m``: 6 layers, 6 heads, 384 wide, block 128 (10.7M parameters, nanoGPT's
-  shakespeare-char shape), only ``--large-steps`` steps: its quality is poor, but every
-  quality delta is relative to its own fp32 model, which is what the goals are about.
+  shakespeare-char shape), only ``--large-steps`` steps (about 1 s each on 2 cores): far from
+  converged, but every quality delta is relative to its own fp32 model.
+
+The teachers train with ``--train-threads`` (default: torch's choice); everything
+``compress`` does -- measuring, fine-tuning, distilling -- runs with ``--threads``. The
+distilled student trains for as many steps as its teacher did (``lab.compress.distill``'s
+default) unless ``--distill-steps`` says otherwise.
 
 Each is then compressed with ``lab.compress.compress`` -- exactly what ``lab compress``
 does: quality on the full test split, latency p50 over ``--repeats`` timed runs after
@@ -84,7 +89,7 @@ def method_options(method: str, args: argparse.Namespace) -> dict[str, Any]:
     return {"int8-dynamic": {"probe_batch": args.batch},
             "prune": {"steps": args.prune_steps},
             "prune-structured": {"steps": args.prune_steps},
-            "distill": {"steps": args.distill_steps}}.get(method, {})
+            "distill": {"steps": args.distill_steps} if args.distill_steps else {}}.get(method, {})
 
 
 def status(ok: bool) -> str:
@@ -94,21 +99,22 @@ def status(ok: bool) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", default="nano,10m", help="comma list of: nano, 10m")
-    p.add_argument("--nano-steps", type=int, default=600, help="training steps of gpt-nano (the preset uses 1500)")
-    p.add_argument("--large-steps", type=int, default=40, help="training steps of the 10M GPT")
+    p.add_argument("--nano-steps", type=int, default=1500, help="training steps of gpt-nano (the preset's 1500)")
+    p.add_argument("--large-steps", type=int, default=200, help="training steps of the 10M GPT")
+    p.add_argument("--train-threads", type=int, default=None, help="intra-op threads for training the teachers")
     p.add_argument("--batch", type=int, default=8, help="batch size the goals are judged at (>= 8)")
-    p.add_argument("--threads", type=int, default=None, help="intra-op threads for every measurement")
+    p.add_argument("--threads", type=int, default=None, help="intra-op threads for everything compress does (measure, fine-tune, distil)")
     p.add_argument("--repeats", type=int, default=20, help="timed runs per batch size")
     p.add_argument("--prune-steps", type=int, default=100)
-    p.add_argument("--distill-steps", type=int, default=300)
+    p.add_argument("--distill-steps", type=int, default=None, help="default: the teacher's training steps")
     p.add_argument("--skip", default="", help="comma list of methods to leave out")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args()
     warnings.simplefilter("ignore")
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    threads = torch.get_num_threads()
+    if args.train_threads:
+        torch.set_num_threads(args.train_threads)
+    threads = args.threads or torch.get_num_threads()  # compress() fixes it for each call
     import onnxruntime
 
     methods = ["int8-dynamic", "onnx", "onnx-int8"]
@@ -117,7 +123,8 @@ def main() -> int:
                 if (here / f"{f}.py").exists()]
     methods = [m for m in methods if m not in args.skip.split(",")]
     print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, {threads} threads, batch {args.batch}; load average {_load()}", flush=True)
+          f"{os.cpu_count()} CPUs, {threads} threads (training the teachers: {torch.get_num_threads()}), batch "
+          f"{args.batch}; load average {_load()}", flush=True)
     batch_sizes = sorted({1, args.batch, 32})
     rows: list[dict[str, Any]] = []
     goals: list[tuple[str, str, str]] = []

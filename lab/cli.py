@@ -253,9 +253,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lab", description="Large Model Lab: train, evaluate and compress models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, help: str, fn: Any, overrides: bool = False) -> argparse.ArgumentParser:
+    def add(name: str, help: str, fn: Any, overrides: bool = False, runs_dir: bool = True) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help, description=help, epilog=OVERRIDES_HELP if overrides else None)
-        p.add_argument("--runs_dir", default=None, help="runs root (default: $LAB_RUNS_DIR or ./runs)")
+        if runs_dir:  # only where the command reads or writes runs
+            p.add_argument("--runs_dir", default=None, help="runs root (default: $LAB_RUNS_DIR or ./runs)")
         p.set_defaults(fn=fn, takes_overrides=overrides)
         return p
 
@@ -282,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     _measure_args(p)
     p.add_argument("--method", required=True, help="a compression method, or all (adds comparison.json, pareto.png)")
     p.add_argument("--sparsity", type=float, default=None, help="prune: fraction of weights to remove")
-    p.add_argument("--steps", type=int, default=None, help="prune/distill: fine-tune or training steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="prune: fine-tune steps (default 100); distill: training steps (default: as many as the teacher had)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other method option (repeatable)")
     p = add("export", "Write a deployable artifact: onnx, torchscript or safetensors (+ config, tokenizer, README).",
             cmd_export)
@@ -296,7 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true",
                    help="also measure matmul, memory bandwidth and all-reduce (seconds); caches the CPU peak for MFU")
     p = add("plan", "Estimate memory per device, FLOPs and time for training a config, and recommend a setup.",
-            cmd_plan, overrides=True)
+            cmd_plan, overrides=True, runs_dir=False)
     p.add_argument("--config", default="gpt-nano", help="preset name or YAML path (any model the lab knows)")
     p.add_argument("--precision", default=None, help="32-true, bf16-mixed, 16-mixed, bf16-true, 16-true (default: config's)")
     p.add_argument("--optimizer", default=None, help="adamw or sgd (default: config's)")
@@ -314,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host_memory", default=None, help="RAM per node for CPU offload, e.g. 2T (default: this machine's)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p = add("launch", "Print (or write) the torchrun commands per node, or an sbatch script, for `lab fit` on many "
-            "GPUs/nodes.", cmd_launch)
+            "GPUs/nodes.", cmd_launch, runs_dir=False)
     p.add_argument("--nodes", type=int, required=True, help="machines")
     p.add_argument("--gpus-per-node", "--gpus_per_node", dest="gpus_per_node", type=int, required=True,
                    help="processes (GPUs) per machine")
