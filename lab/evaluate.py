@@ -9,14 +9,11 @@ The pieces are reusable, so a quantized module, an ONNX Runtime session and the 
 model are all measured by the same code (``lab.compress`` does exactly that)::
 
     q = quality(predict, dm, "test", "lm")          # predict: input batch -> outputs
-    c = cost(predict, example_batch)                # latency p50/p95 at batch 1 and 32, memory
+    c = lab.cost.cost(predict, example_batch)       # latency p50/p95 at batch 1 and 32, memory
 
 Quality is deterministic: the val/test loaders are sequential, losses are summed in float64
-and the thread count is fixed, so evaluating twice gives identical figures. Latency is
-timed after warm-up with ``torch.set_num_threads`` fixed (and recorded); peak memory is the
-process's peak resident set (Linux ``VmHWM``, reset through ``/proc/self/clear_refs``)
-during one batch-32 call, which sees PyTorch, oneDNN and ONNX Runtime allocations alike
-(``tracemalloc`` would only see Python objects).
+and the thread count is fixed, so evaluating twice gives identical figures. How latency and
+memory are measured: ``lab.cost``.
 """
 
 from __future__ import annotations
@@ -25,22 +22,19 @@ import io
 import json
 import math
 import re
-import resource
-import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from lab import runs
 from lab.config import Config, from_dict
+from lab.cost import Predict, cost, fixed_threads, num_params, state_bytes
 from lab.errors import LabError
 from lab.fileio import atomic_write, write_json
 
-Predict = Callable[[torch.Tensor], torch.Tensor]
 KINDS = ("lm", "classifier", "regressor")
 PRIMARY = {"lm": ("loss", False), "classifier": ("accuracy", True), "regressor": ("mse", False)}
 """Kind -> (the quality figure compression deltas are taken on, higher is better?)."""
@@ -132,21 +126,6 @@ def example_batch(dm: Any, split: str = "val") -> torch.Tensor:
 # --------------------------------------------------------------------------- quality
 
 
-class _Threads:
-    """Fix ``torch.set_num_threads`` inside the block and restore it afterwards."""
-
-    def __init__(self, n: int | None) -> None:
-        self.n = int(n) if n else torch.get_num_threads()
-
-    def __enter__(self) -> int:
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-        return self.n
-
-    def __exit__(self, *exc: Any) -> None:
-        torch.set_num_threads(self.before)
-
-
 def quality(predict: Predict, dm: Any, split: str, kind: str, max_batches: int | None = None,
             threads: int | None = None) -> dict[str, Any]:
     """Quality of ``predict`` on ``split`` (sequential batches, so always the same figures).
@@ -168,7 +147,7 @@ def quality(predict: Predict, dm: Any, split: str, kind: str, max_batches: int |
     preds: list[torch.Tensor] = []
     targets: list[torch.Tensor] = []
     sq = ab = 0.0
-    with _Threads(threads), torch.inference_mode():
+    with fixed_threads(threads), torch.inference_mode():
         for i, (x, y) in enumerate(loader(dm, split)):
             if max_batches is not None and i >= max_batches:
                 break
@@ -230,129 +209,6 @@ def _classification(pred: torch.Tensor, true: torch.Tensor, k: int) -> dict[str,
     return {"accuracy": float(tp.sum() / cm.sum()), "macro_f1": float(f1.mean()),
             "precision": [float(v) for v in precision], "recall": [float(v) for v in recall],
             "support": [int(v) for v in support], "confusion_matrix": cm.long().tolist(), "samples": int(cm.sum())}
-
-
-# --------------------------------------------------------------------------- cost
-
-
-def make_batch(example: torch.Tensor, batch: int) -> torch.Tensor:
-    """``batch`` rows cycled from ``example`` (real inputs at any batch size)."""
-    idx = torch.arange(batch) % example.shape[0]
-    return example[idx].contiguous()
-
-
-def _proc_status() -> dict[str, int] | None:
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            return {k: int(v.split()[0]) * 1024 for k, v in (line.split(":", 1) for line in f) if k in ("VmHWM", "VmRSS")}
-    except (OSError, ValueError):
-        return None
-
-
-def peak_memory(predict: Predict, x: torch.Tensor) -> dict[str, Any]:
-    """Peak resident memory of the process during one ``predict(x)`` call, and its increase.
-
-    Linux: reset the high-water mark (``echo 5 > /proc/self/clear_refs``), read ``VmHWM``
-    after the call. Elsewhere: ``resource.getrusage`` max RSS, which cannot be reset, so the
-    increase may read 0 when an earlier peak was higher (the report says which ran).
-    """
-    before = _proc_status()
-    reset = False
-    if before is not None:
-        try:
-            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
-                f.write("5")
-            reset = True
-            before = _proc_status()
-        except OSError:
-            reset = False
-    rss0 = before["VmRSS"] if before else None
-    ru0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    with torch.inference_mode():
-        predict(x)
-    if reset:
-        after = _proc_status()
-        return {"method": "VmHWM after /proc/self/clear_refs=5 (process peak RSS during one call)",
-                "peak_rss_mb": after["VmHWM"] / 2**20, "increase_mb": max(0, after["VmHWM"] - rss0) / 2**20}
-    ru1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"method": "resource.getrusage ru_maxrss (not resettable: increase is a lower bound)",
-            "peak_rss_mb": ru1 / 2**20, "increase_mb": max(0, ru1 - ru0) / 2**20}
-
-
-def cost(predict: Predict, example_input: torch.Tensor, batch_sizes: Iterable[int] = (1, 32), warmup: int = 3,
-         repeats: int = 20, threads: int | None = None, tokens_per_sample: int | None = None) -> dict[str, Any]:
-    """Latency p50/p95 (ms) per batch size, throughput, and peak memory of ``predict``.
-
-    Each batch size is warmed up ``warmup`` times, then timed ``repeats`` times with
-    ``time.perf_counter`` under ``torch.inference_mode`` with the thread count fixed.
-    Throughput is samples (and tokens, for token inputs) per second at the median latency.
-    """
-    if repeats < 1 or warmup < 0:
-        raise LabError("repeats must be >= 1 and warmup >= 0")
-    batch_sizes = sorted({int(b) for b in batch_sizes})
-    if tokens_per_sample is None and not example_input.is_floating_point() and example_input.dim() == 2:
-        tokens_per_sample = int(example_input.shape[1])
-    latency: dict[str, Any] = {}
-    with _Threads(threads) as n_threads:
-        memory = peak_memory(predict, make_batch(example_input, max(batch_sizes)))
-        with torch.inference_mode():
-            for b in batch_sizes:
-                x = make_batch(example_input, b)
-                for _ in range(warmup):
-                    predict(x)
-                times = []
-                for _ in range(repeats):
-                    start = time.perf_counter()
-                    predict(x)
-                    times.append(time.perf_counter() - start)
-                ms = np.asarray(times) * 1000
-                p50 = float(np.percentile(ms, 50))
-                entry = {"batch": b, "p50_ms": p50, "p95_ms": float(np.percentile(ms, 95)),
-                         "mean_ms": float(ms.mean()), "samples_per_s": b / (p50 / 1000)}
-                if tokens_per_sample:
-                    entry["tokens_per_s"] = b * tokens_per_sample / (p50 / 1000)
-                latency[f"b{b}"] = entry
-    return {"threads": n_threads, "warmup": warmup, "repeats": repeats, "input_shape": list(example_input.shape[1:]),
-            "latency": latency, "peak_memory": memory}
-
-
-def compare_latency(baseline: Predict, candidate: Predict, example_input: torch.Tensor,
-                    batch_sizes: Iterable[int] = (1, 32), warmup: int = 3, repeats: int = 20,
-                    threads: int | None = None) -> dict[str, Any]:
-    """Latency of ``candidate`` relative to ``baseline``, timed alternately in the same window.
-
-    Calls interleave (A B B A A B ...), so load from other processes on a shared machine
-    slows both alike and the ratio of the medians stays meaningful even when the absolute
-    figures drift between two separate measurements.
-    """
-    out: dict[str, Any] = {}
-    with _Threads(threads), torch.inference_mode():
-        for b in sorted({int(b) for b in batch_sizes}):
-            x = make_batch(example_input, b)
-            for _ in range(warmup):
-                baseline(x)
-                candidate(x)
-            times: dict[int, list[float]] = {0: [], 1: []}
-            fns = (baseline, candidate)
-            for i in range(repeats):
-                for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-                    start = time.perf_counter()
-                    fns[k](x)
-                    times[k].append(time.perf_counter() - start)
-            base, cand = (float(np.percentile(np.asarray(times[k]) * 1000, 50)) for k in (0, 1))
-            out[f"b{b}"] = {"baseline_p50_ms": base, "p50_ms": cand, "ratio": cand / base, "speedup": base / cand}
-    return out
-
-
-def state_bytes(model: nn.Module) -> int:
-    """Bytes of ``torch.save(model.state_dict())``: the fp32 weights file (tied tensors once)."""
-    buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
-    return buf.tell()
-
-
-def num_params(model: nn.Module) -> int:
-    return int(sum(p.numel() for p in model.parameters()))  # a tied tensor is yielded once
 
 
 # --------------------------------------------------------------------------- the report
@@ -495,5 +351,5 @@ def cached_report(run: runs.Run, ckpt: str, split: str, settings: dict[str, Any]
     return report if ok else None
 
 
-__all__ = ["evaluate", "quality", "cost", "compare_latency", "measure", "load_checked", "load_data", "kind_of", "make_batch",
-           "example_batch", "state_bytes", "num_params", "peak_memory", "cached_report", "default_settings"]
+__all__ = ["evaluate", "quality", "measure", "load_checked", "load_data", "kind_of", "example_batch", "cached_report",
+           "default_settings"]

@@ -15,7 +15,8 @@ import yaml
 from lab import runs
 from lab.cli import main
 from lab.config import load_config
-from lab.evaluate import cost, evaluate, load_checked, load_data, quality, run_config
+from lab.cost import cost
+from lab.evaluate import evaluate, load_checked, load_data, quality, run_config
 from lab.train import fit
 
 TINY_GPT = {"trainer.max_steps": 10, "trainer.val_check_interval": 5, "trainer.limit_val_batches": 2,

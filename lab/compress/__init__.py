@@ -40,7 +40,7 @@ It returns an ``Artifact`` (dataclass below):
   (informational; the framework always times through ``predict``).
 
 The framework (``compress``) then evaluates the artifact with ``lab.evaluate.quality`` and
-``lab.evaluate.cost`` exactly like the original, and writes ``report.json`` with
+``lab.cost.cost`` exactly like the original, and writes ``report.json`` with
 ``quality``, ``cost``, ``size_bytes``, ``params``, ``backend``, ``notes`` and ``deltas``
 (``size_ratio``, ``latency_ratio_b<N>`` and ``speedup_b<N>`` per timed batch size, by default
 1 and 32, from timing the original and the artifact alternately in the same window so that a
@@ -178,7 +178,7 @@ def deltas(original: dict[str, Any], quality: dict[str, Any], cost: dict[str, An
            paired: dict[str, Any] | None = None) -> dict[str, Any]:
     """Ratios against the original: size, latency per batch size, and the primary quality figure.
 
-    Latency ratios come from ``paired`` (``lab.evaluate.compare_latency``: the original and the
+    Latency ratios come from ``paired`` (``lab.cost.compare_latency``: the original and the
     artifact timed alternately) when given, else from the two separate cost measurements.
     """
     out: dict[str, Any] = {"size_ratio": size_bytes / original["size_bytes"]}
@@ -186,7 +186,7 @@ def deltas(original: dict[str, Any], quality: dict[str, Any], cost: dict[str, An
         for name, entry in paired.items():
             out[f"latency_ratio_{name}"] = entry["ratio"]
             out[f"speedup_{name}"] = entry["speedup"]
-        out["latency_ratios_from"] = "interleaved timing of original and artifact (lab.evaluate.compare_latency)"
+        out["latency_ratios_from"] = "interleaved timing of original and artifact (lab.cost.compare_latency)"
     else:
         for name, entry in cost["latency"].items():
             base = original["cost"]["latency"].get(name)
@@ -243,6 +243,7 @@ def compress(run: runs.Run | str | Path, method: str, *, ckpt: str = "best", spl
 
 def _one(run: runs.Run, method: str, module: Any, dm: Any, cfg: Any, original: dict[str, Any], split: str,
          settings: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    from lab import cost as lab_cost
     from lab import evaluate as ev
 
     fn = resolve_method(method)
@@ -257,11 +258,11 @@ def _one(run: runs.Run, method: str, module: Any, dm: Any, cfg: Any, original: d
             raise TypeError(f"method {method} returned {type(artifact).__name__}, not an Artifact")
         q = ev.quality(artifact.predict, dm, split, ev.kind_of(cfg), max_batches=settings["max_batches"],
                        threads=settings["threads"])
-        c = ev.cost(artifact.predict, ev.example_batch(dm, split), batch_sizes=settings["batch_sizes"],
-                    warmup=settings["warmup"], repeats=settings["repeats"], threads=settings["threads"])
-        paired = ev.compare_latency(module.model, artifact.predict, ev.example_batch(dm, split),
-                                    batch_sizes=settings["batch_sizes"], warmup=settings["warmup"],
-                                    repeats=settings["repeats"], threads=settings["threads"])
+        c = lab_cost.cost(artifact.predict, ev.example_batch(dm, split), batch_sizes=settings["batch_sizes"],
+                          warmup=settings["warmup"], repeats=settings["repeats"], threads=settings["threads"])
+        paired = lab_cost.compare_latency(module.model, artifact.predict, ev.example_batch(dm, split),
+                                          batch_sizes=settings["batch_sizes"], warmup=settings["warmup"],
+                                          repeats=settings["repeats"], threads=settings["threads"])
         size = _size(artifact.files, tmp)
         report = {
             "version": ev.REPORT_VERSION, "run": run.name, "method": method, "ckpt": original["ckpt"], "split": split,

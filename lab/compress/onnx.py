@@ -121,7 +121,7 @@ def _exporter() -> dict[str, Any]:
 
 def onnx_fp32(module: Any, dm: Any, cfg: Any, out_dir: Path, **_: Any) -> Artifact:
     """fp32 ONNX graph, parity-checked, run by ONNX Runtime."""
-    from lab.evaluate import num_params
+    from lab.cost import num_params
 
     model = module.model.eval()
     path = out_dir / "model.onnx"
@@ -135,7 +135,7 @@ def onnx_int8(module: Any, dm: Any, cfg: Any, out_dir: Path, per_channel: bool =
     """ONNX Runtime dynamic quantization (int8 weights, activations quantized per batch)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from lab.evaluate import num_params
+    from lab.cost import num_params
 
     model = module.model.eval()
     fp32 = out_dir / ".fp32.onnx"

@@ -40,7 +40,7 @@ from torch.nn.utils import prune as torch_prune
 from lab.compress import Artifact
 from lab.config import Config, from_dict, read_yaml
 from lab.errors import LabError
-from lab.evaluate import num_params
+from lab.cost import num_params
 from lab.models import CNN, MLP, build_model
 from lab.models.gpt import Block
 from lab.modules import LabModule

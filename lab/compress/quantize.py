@@ -117,7 +117,8 @@ def load_int8(path: str | Path, model: nn.Module) -> nn.Module:
 def int8_dynamic(module: Any, dm: Any, cfg: Any, out_dir: Path, backend: str = "auto", probe_batch: int = 8,
                  probe_repeats: int = 9, **_: Any) -> Artifact:
     """Quantize ``module.model``'s Linear layers to int8 on the backend measured fastest."""
-    from lab.evaluate import example_batch, make_batch, num_params
+    from lab.cost import make_batch, num_params
+    from lab.evaluate import example_batch
 
     if backend != "auto" and backend not in BACKENDS:
         raise LabError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
