@@ -85,6 +85,16 @@ class Throughput(L.Callback):
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = None  # validation time is not training time
 
+    def state_dict(self) -> dict[str, Any]:
+        """Run totals, saved in checkpoints: a resumed run keeps averaging over all its steps, and
+        ddp_spawn's main process reads the workers' figures from their last.ckpt."""
+        return {"units": self._units, "flops": self._flops, "seconds": self._seconds, "unit": self.unit,
+                "world": self._world}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._units, self._flops, self._seconds = state_dict["units"], state_dict["flops"], state_dict["seconds"]
+        self.unit, self._world = state_dict["unit"], state_dict["world"]
+
     def summary(self) -> dict[str, float]:
         """Run averages (after warm-up) for summary.json."""
         if self._seconds <= 0:

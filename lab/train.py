@@ -143,9 +143,21 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
         strategies.init_early(cfg)  # torchrun/srun: the group forms now, so rank 0 can share the folder
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
+    failure: Exception | None = None
     if ctx.is_zero:
-        dm.prepare_data()  # once; the other ranks wait, then read what rank 0 wrote
-    strategies.barrier()
+        try:
+            dm.prepare_data()  # once; the other ranks wait, then read what rank 0 wrote
+        except Exception as e:
+            failure = e
+    if ctx.external:
+        # Rank 0 tells the others whether the data is ready: a rank waiting at a barrier for a
+        # rank 0 that already failed would only give up at the collective timeout.
+        why, failed = strategies.broadcast_text(f"{type(failure).__name__}: {failure}" if failure else None,
+                                               failed=failure is not None)
+        if failed and failure is None:
+            raise LabError(f"rank 0 could not prepare the data, so this rank stops too: {why}")
+    if failure is not None:
+        raise failure
     dm.setup("fit")  # data-dependent checks (block_size vs split sizes) happen here, before the run folder
     strategies.shard_train_loader(dm)
     module = build_module(cfg, dm)
@@ -191,6 +203,7 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
+        _recover_from_workers(trainer, run, throughput)
         final = _metrics(trainer)
         test_metrics: dict[str, float] = {}
         if test and _has_test_split(cfg):
@@ -261,6 +274,24 @@ def _update(run: runs.Run, write: bool, **fields: Any) -> dict[str, Any]:
         return runs.update_summary(run, **fields)
     run.summary = {**run.summary, **fields}
     return run.summary
+
+
+def _recover_from_workers(trainer: L.Trainer, run: runs.Run, throughput: Throughput) -> None:
+    """ddp_spawn/ddp_notebook train in worker processes whose callbacks this process never sees.
+
+    Lightning sends back the best checkpoint's path and the last metrics, not the best score
+    (a TODO in its launcher) nor callback state: read both from the workers' last.ckpt.
+    """
+    if trainer.global_step or not trainer.is_global_zero or not run.checkpoint("last").exists():
+        return  # trained in this process: the callbacks are already up to date
+    saved = load_checkpoint(run.checkpoint("last")).get("callbacks", {})
+    if throughput.state_key in saved:
+        throughput.load_state_dict(saved[throughput.state_key])
+    best = trainer.checkpoint_callback
+    if best is not None and best.best_model_score is None:
+        score = saved.get(best.state_key, {}).get("best_model_score")
+        if score is not None:
+            best.best_model_score = torch.as_tensor(score)
 
 
 def _steps_done(trainer: L.Trainer, run: runs.Run) -> int:

@@ -5,7 +5,8 @@
 Trains with ``lab.train.fit`` and writes, per global rank, ``OUT/rank<r>.pt``: the final
 parameters, the world size and the run folder that rank used. ``LAB_TEST_KILL_RANK=r``
 SIGKILLs rank r at step 5 (the dead-rank test); ``LAB_TEST_STOP_RANK=r`` SIGSTOPs it
-there after writing its pid to ``OUT/stopped.pid`` (the hung-rank test).
+there after writing its pid to ``OUT/stopped.pid`` (the hung-rank test);
+``LAB_TEST_PREPARE_FAILS=1`` makes global rank 0's ``prepare_data`` raise (the data-prep test).
 """
 
 from __future__ import annotations
@@ -45,6 +46,14 @@ def main(argv: list[str]) -> None:
     out, runs_dir, overrides = Path(argv[0]), argv[1], argv[2:]
     out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)
+    if os.environ.get("LAB_TEST_PREPARE_FAILS") and os.environ.get("RANK") == "0":
+        from lab.data.splits import ArrayDataModule
+        from lab.errors import DataError
+
+        def fail(self) -> None:  # type: ignore[no-untyped-def]
+            raise DataError("injected: the cache folder is full")
+
+        ArrayDataModule.prepare_data = fail  # type: ignore[method-assign]
     fit(load_config("seed-mlp", overrides), runs_root=runs_dir, callbacks=[Dump(out)], progress=False, test=False)
 
 

@@ -35,6 +35,15 @@ def test_fit_help_explains_overrides(capsys: pytest.CaptureFixture) -> None:
     assert "--trainer.max_steps" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("command,has_runs_dir", [("fit", True), ("evaluate", True), ("doctor", True),
+                                                    ("plan", False), ("launch", False)])
+def test_runs_dir_is_offered_only_where_runs_are_read_or_written(command: str, has_runs_dir: bool,
+                                                                  capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    assert ("--runs_dir" in capsys.readouterr().out) == has_runs_dir
+
+
 def test_print_config_is_resolved_yaml(capsys: pytest.CaptureFixture) -> None:
     assert main(["fit", "--config", "digits-cnn", "--print_config", "--trainer.max_steps", "7"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)

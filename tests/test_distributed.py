@@ -136,6 +136,23 @@ def test_a_hung_rank_trips_the_collective_timeout(tmp_path: Path) -> None:
     assert run.summary["status"] == "failed" and "timeout" in run.summary["error"].lower()
 
 
+def test_rank_0_failing_to_prepare_data_stops_every_torchrun_rank_at_once(tmp_path: Path) -> None:
+    """Not after the collective timeout (120 s here): rank 0 tells the others why it stopped."""
+    log = tmp_path / "torchrun.log"
+    argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
+            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), str(tmp_path / "out"),
+            str(tmp_path / "runs"), *SMALL, "--data.batch_size", "16", "--trainer.collective_timeout_s", "120"]
+    start = time.time()
+    with log.open("w") as f:
+        proc = subprocess.run(argv, cwd=ROOT, env=_env(LAB_TEST_PREPARE_FAILS="1"), stdout=f,
+                              stderr=subprocess.STDOUT, timeout=300)
+    text = log.read_text()
+    assert proc.returncode != 0
+    assert time.time() - start < 100, "a rank waited for the collective timeout"
+    assert "rank 0 could not prepare the data, so this rank stops too: DataError: injected" in text, text[-3000:]
+    assert not (tmp_path / "runs").exists() or not runs.list_runs(tmp_path / "runs")  # no run was started
+
+
 def test_ddp_notebook_from_a_jupyter_kernel_writes_one_run(tmp_path: Path) -> None:
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
@@ -151,11 +168,14 @@ def test_ddp_notebook_from_a_jupyter_kernel_writes_one_run(tmp_path: Path) -> No
         "    def on_train_end(self, trainer, pl_module):",
         "        state = {k: v.clone() for k, v in pl_module.model.state_dict().items()}",
         f"        torch.save(state, {str(tmp_path)!r} + f'/rank{{trainer.global_rank}}.pt')",
+        "        best = float(trainer.checkpoint_callback.best_model_score)",
+        f"        open({str(tmp_path)!r} + f'/best{{trainer.global_rank}}.txt', 'w').write(repr(best))",
         "cfg = load_config('seed-mlp', {'trainer.max_steps': 20, 'trainer.strategy': 'ddp', 'trainer.devices': 2,",
         "    'trainer.accelerator': 'cpu', 'data.batch_size': 16, 'trainer.val_check_interval': 10,",
         "    'trainer.limit_val_batches': 2})",
         f"run = fit(cfg, runs_root={str(runs_dir)!r}, progress=False, test=False, callbacks=[Dump()])",
-        "print('RESULT', json.dumps({'status': run.status, 'step': run.summary['step']}))",
+        "print('RESULT', json.dumps({'status': run.status, 'step': run.summary['step'], 'best': run.summary['best'],",
+        "    'throughput': run.summary['throughput']}))",
     ])
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
     old = os.environ.get("OMP_NUM_THREADS")
@@ -172,7 +192,10 @@ def test_ddp_notebook_from_a_jupyter_kernel_writes_one_run(tmp_path: Path) -> No
     notices = [line for line in text.splitlines() if "ddp_notebook" in line]
     assert len(notices) == 1 and notices[0].startswith("note:")
     result = json.loads(text.split("RESULT ", 1)[1].splitlines()[0])
-    assert result == {"status": "completed", "step": 20}
+    assert (result["status"], result["step"]) == ("completed", 20)
+    # The workers' best score and throughput reach the main process's summary (from their last.ckpt).
+    assert result["best"] == {"val/loss": float((tmp_path / "best0.txt").read_text())}
+    assert result["throughput"]["samples_per_sec"] > 0 and result["throughput"]["flops_per_sec"] > 0
     (run,) = runs.list_runs(runs_dir)
     assert run.config["trainer"]["strategy"] == "ddp_notebook"
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
