@@ -266,7 +266,7 @@ class SaveOnInterrupt(L.Callback):
         if trainer.strategy.reduce_boolean_decision(self.signum is not None, all=False):
             self.signum = self.signum or signal.SIGTERM  # another rank was signalled
             if not validation_follows(trainer, batch_idx):
-                trainer.save_checkpoint(self.path)
+                trainer.save_checkpoint(self.path, weights_only=False)  # full state: resumable
             self._saved = True  # else StepCheckpoint writes last.ckpt once the validation is done
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
