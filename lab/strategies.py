@@ -259,10 +259,3 @@ def shard_train_loader(dm: Any) -> None:
                           drop_last=loader.drop_last, worker_init_fn=loader.worker_init_fn)
 
     dm.train_dataloader = train_dataloader
-
-
-def barrier() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
