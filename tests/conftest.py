@@ -50,3 +50,24 @@ def _train_tiny(preset: str, overrides: dict[str, Any], steps: int = 60) -> tupl
 def train_tiny() -> Callable[..., tuple[Any, Any, Any]]:
     """``train_tiny(preset, overrides, steps)`` -> (module, datamodule, config), trained with no run folder."""
     return _train_tiny
+
+
+def _three_runs(base: Any) -> Any:
+    """Two seed-mlp runs that differ in learning rate, and one tiny gpt-nano (samples, tokens), under ``base``."""
+    from lab.config import load_config
+    from lab.train import fit
+
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for lr in (0.05, 0.02):
+        fit(load_config("seed-mlp", {"trainer.max_steps": 30, "trainer.val_check_interval": 10,
+                                     "optimizer.lr": lr}), runs_root=base, progress=False)
+    fit(load_config("gpt-nano", {"trainer.max_steps": 20, "model.n_layer": 1, "model.n_embd": 32,
+                                 "trainer.val_check_interval": 10, "trainer.limit_val_batches": 2}),
+        runs_root=base, progress=False)
+    return base
+
+
+@pytest.fixture(scope="session")
+def three_runs() -> Callable[[Any], Any]:
+    """``three_runs(folder)`` trains the dashboard tests' runs there (each module keeps its own copy)."""
+    return _three_runs

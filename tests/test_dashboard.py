@@ -19,7 +19,6 @@ import pytest
 from lab import jobs
 from lab.config import load_config, to_yaml
 from lab.runs import list_runs, resolve_run
-from lab.train import fit
 
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "dashboard" / "app.py"
@@ -27,16 +26,8 @@ PAGES = REPO / "dashboard" / "pages"
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    base = tmp_path_factory.mktemp("runs")
-    for lr in (0.05, 0.02):
-        fit(load_config("seed-mlp", {"trainer.max_steps": 30, "trainer.val_check_interval": 10,
-                                     "optimizer.lr": lr}), runs_root=base, progress=False)
-    fit(load_config("gpt-nano", {"trainer.max_steps": 20, "model.n_layer": 1, "model.n_embd": 32,
-                                 "trainer.val_check_interval": 10, "trainer.limit_val_batches": 2}),
-        runs_root=base, progress=False)
-    return base
+def root(tmp_path_factory: pytest.TempPathFactory, three_runs) -> Path:
+    return three_runs(tmp_path_factory.mktemp("runs"))
 
 
 @pytest.fixture()

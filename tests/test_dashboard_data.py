@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -11,24 +10,14 @@ import pytest
 
 from lab import dashboard_data as dd
 from lab import runs as runs_mod
-from lab.config import load_config
 from lab.errors import LabError
 from lab.tfevents import event_files, read_events, read_scalars
-from lab.train import fit
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def root(tmp_path_factory: pytest.TempPathFactory, three_runs) -> Path:
     """Two seed-mlp runs that differ in learning rate, and one tiny gpt-nano (samples, tokens)."""
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    base = tmp_path_factory.mktemp("runs")
-    for lr in (0.05, 0.02):
-        fit(load_config("seed-mlp", {"trainer.max_steps": 30, "trainer.val_check_interval": 10,
-                                     "optimizer.lr": lr}), runs_root=base, progress=False)
-    fit(load_config("gpt-nano", {"trainer.max_steps": 20, "model.n_layer": 1, "model.n_embd": 32,
-                                 "trainer.val_check_interval": 10, "trainer.limit_val_batches": 2}),
-        runs_root=base, progress=False)
-    return base
+    return three_runs(tmp_path_factory.mktemp("runs"))
 
 
 def _runs(root: Path) -> dict[str, runs_mod.Run]:
