@@ -171,7 +171,9 @@ def readme(fmt: str, run: runs.Run, model_name: str, shape: list[int], check: di
         call = "model"
     else:
         load = ("import onnxruntime as ort\n"
-                "sess = ort.InferenceSession(\"model.onnx\", providers=[\"CPUExecutionProvider\"])\n"
+                "so = ort.SessionOptions()\n"
+                "so.add_session_config_entry(\"session.set_denormal_as_zero\", \"1\")  # fast softmax under causal masks\n"
+                "sess = ort.InferenceSession(\"model.onnx\", so, providers=[\"CPUExecutionProvider\"])\n"
                 "def model(x):                         # dynamic batch (and sequence) axes\n"
                 "    return torch.from_numpy(sess.run(None, {\"input\": x.numpy()})[0])\n")
         call = "model"

@@ -12,7 +12,7 @@ import lab.compress.quantize as quantize_mod
 from lab import runs
 from lab.cli import main
 from lab.compress import METHODS, Artifact, compress, load_report
-from lab.compress.onnx import FP32_TOLERANCE
+from lab.compress.onnx import FP32_TOLERANCE, session
 from lab.errors import LabError
 from lab.compress.quantize import load_int8
 from lab.config import load_config
@@ -73,6 +73,19 @@ def test_onnx_parity_and_onnx_int8(gpt_run: runs.Run) -> None:
     assert not (gpt_run.compressed_dir("onnx-int8") / ".fp32.onnx").exists()
     assert abs(q["deltas"]["quality_delta_rel"]) < 0.05
     _no_temp_left(gpt_run)
+
+
+def test_sessions_flush_denormals_without_changing_outputs(gpt_run: runs.Run) -> None:
+    import onnxruntime as ort
+
+    compress(gpt_run, "onnx-int8", **FAST)
+    path = gpt_run.compressed_dir("onnx-int8") / "model.int8.onnx"
+    sess = session(path, threads=1)
+    assert sess.get_session_options().get_session_config_entry("session.set_denormal_as_zero") == "1"
+    plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # ORT's defaults
+    x = torch.randint(0, 40, (4, 32)).numpy()  # causal attention: -inf in every row's softmax
+    fast, ref = sess.run(None, {"input": x})[0], plain.run(None, {"input": x})[0]
+    assert abs(fast - ref).max() < 1e-4
 
 
 def test_original_is_evaluated_once(gpt_run: runs.Run) -> None:

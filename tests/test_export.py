@@ -91,6 +91,18 @@ def test_onnx_and_torchscript_exports(gpt_run: runs.Run) -> None:
         assert "generate(" in (d / "README.md").read_text()
 
 
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+def test_readme_example_runs_in_the_export_folder(gpt_run: runs.Run, fmt: str, monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture) -> None:
+    folder = export(gpt_run, fmt)
+    readme = (folder / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(folder)  # the example names its files relative to the folder, as a user runs it
+    exec(compile(code, str(folder / "README.md"), "exec"), {"__name__": "readme"})
+    printed = capsys.readouterr().out
+    assert printed.startswith("def ") and len(printed) > len("def ") + 50  # the prompt, then generated text
+
+
 def test_bad_format_and_failed_export_leave_nothing(gpt_run: runs.Run, root: Path, monkeypatch: pytest.MonkeyPatch,
                                                     capsys: pytest.CaptureFixture) -> None:
     assert main(["export", gpt_run.name, "--format", "pickle", "--runs_dir", str(root)]) == 2

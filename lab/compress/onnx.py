@@ -59,6 +59,11 @@ def session(path: str | Path, threads: int | None = None) -> Any:
     so.inter_op_num_threads = 1
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
+    # Flush denormals to zero. A causal mask puts -inf in every attention row, and MLAS's
+    # softmax computes exp() of those through denormals (slow microcode assists): measured on
+    # gpt-nano at batch 8, softmax took 2.4 ms of an 8 ms int8 run, 0.3 ms with this flag.
+    # Values below 1.2e-38 become 0: no measurable change in any output (tests compare).
+    so.add_session_config_entry("session.set_denormal_as_zero", "1")
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
