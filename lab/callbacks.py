@@ -53,11 +53,14 @@ class Throughput(L.Callback):
     """
 
     def __init__(self, peak_flops: float | None = None, warmup: int = 5, log_every: int = 10) -> None:
+        """``log_every``: the Trainer's ``log_every_n_steps``, so both write at the same steps."""
         self.peak_flops, self.warmup, self.log_every = peak_flops, warmup, log_every
         self._last: float | None = None
         self._units = self._flops = self._seconds = 0.0
         self._window: list[tuple[float, float, float]] = []
         self.unit, self._world = "samples", 1
+        self.latest: dict[str, float] = {}
+        """The last logged window's figures (``perf/...``), for live views such as the notebook chart."""
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._last is None:
@@ -74,13 +77,21 @@ class Throughput(L.Callback):
             self._flops += flops
             self._seconds += dt
         self._window.append((units, flops, dt))
-        if len(self._window) >= self.log_every:
+        # Lightning writes step metrics at this step index (train/loss's x axis) when it is
+        # a multiple of log_every_n_steps; the window is every step since the last write.
+        step = trainer.fit_loop.epoch_loop._batches_that_stepped
+        if (step + 1) % self.log_every == 0:
             u, f, s = (sum(col) for col in zip(*self._window))
             self._window.clear()
             metrics = {f"perf/{self.unit}_per_sec": u / s, "perf/flops_per_sec": f / s}
             if self.peak_flops:
                 metrics["perf/mfu"] = f / s / (self.peak_flops * trainer.world_size)
-            pl_module.log_dict(metrics, on_step=True, on_epoch=False, rank_zero_only=True)
+            self.latest = metrics
+            # Straight to the loggers, as Lightning's LearningRateMonitor does: self.log would
+            # add its result bookkeeping (about 1 ms a value) for figures that need no reduction,
+            # being totals over the ranks already. Loggers write on global rank 0 only.
+            for logger in trainer.loggers:
+                logger.log_metrics(metrics, step=step)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._last = None  # validation time is not training time

@@ -172,7 +172,7 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
         ckpt_path, notes = newest_intact(resume.path)
         resume_step = int(load_checkpoint(ckpt_path).get("global_step", 0))
     run = _agree_on_run(cfg, ctx, dm, module, runs_root, resume)
-    throughput = Throughput(peak_flops=env.peak_flops(_device(cfg)))
+    throughput = Throughput(peak_flops=env.peak_flops(_device(cfg)), log_every=cfg.trainer.log_every_n_steps)
     trainer = build_trainer(cfg, run, [throughput, *callbacks], progress=progress, resume_step=resume_step,
                             stop=stop)
     write = ctx.is_zero and trainer.is_global_zero

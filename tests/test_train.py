@@ -46,6 +46,10 @@ def test_scalars_hold_namespaced_curves(gpt_run: runs.Run) -> None:
     curves = runs.scalars(gpt_run)
     assert {"train/loss", "val/loss", "val/perplexity", "perf/tokens_per_sec", "lr-AdamW/pg1"} <= set(curves)
     assert [step for step, _, _ in curves["val/loss"]] == [14, 29]
+    # Throughput writes at the steps Lightning writes train/loss at (every log_every_n_steps = 10).
+    steps = [step for step, _, _ in curves["train/loss"]]
+    assert steps[:3] == [9, 19, 29] and [step for step, _, _ in curves["perf/tokens_per_sec"]] == [9, 19, 29]
+    assert all(0 < v < 1 for _, _, v in curves["perf/mfu"])
     best = min(v for _, _, v in curves["val/loss"])
     assert gpt_run.summary["best"]["val/loss"] == pytest.approx(best, rel=1e-5)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from lab import runs
+from lab.callbacks import Throughput
 from lab.config import list_presets, load_config
 from lab.errors import ConfigError
 from lab.models.gpt import GPT, GPTConfig
@@ -187,9 +188,13 @@ def test_live_feed_collects_points_and_draws() -> None:
     seen: list[dict] = []
     feed = LiveFeed(listener=seen.append)
 
+    throughput = Throughput()
+    throughput.unit, throughput.latest = "tokens", {"perf/tokens_per_sec": 100.0, "perf/flops_per_sec": 1e9}
+
     class _Trainer:
         global_step, sanity_checking = 3, False
-        callback_metrics = {"perf/tokens_per_sec": 100.0, "perf/flops_per_sec": 1e9, "val/loss": 2.0}
+        callbacks = [object(), throughput]
+        callback_metrics = {"val/loss": 2.0}
 
     import torch
 

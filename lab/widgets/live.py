@@ -18,6 +18,8 @@ from typing import Any, Callable
 import lightning as L
 import torch
 
+from lab.callbacks import Throughput
+
 Point = dict[str, float]
 
 
@@ -47,13 +49,11 @@ class LiveFeed(L.Callback):
         point: Point = {"step": float(trainer.global_step)}
         if loss is not None:
             point["loss"] = loss
-        # Throughput is logged by lab.callbacks.Throughput (every few steps): reuse its figure.
-        for key, value in trainer.callback_metrics.items():
-            if key.startswith("perf/") and key.endswith("_per_sec") and key != "perf/flops_per_sec":
-                self.unit = key[len("perf/"):-len("_per_sec")]
-                v = _scalar(value)
-                if v is not None:
-                    point["throughput"] = v
+        # lab.callbacks.Throughput measures every few steps: reuse its latest figure.
+        for callback in trainer.callbacks:
+            if isinstance(callback, Throughput) and callback.latest:
+                self.unit = callback.unit
+                point["throughput"] = callback.latest[f"perf/{callback.unit}_per_sec"]
         self._emit(point)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: Any) -> None:
