@@ -22,6 +22,7 @@ import os
 import shutil
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -200,7 +201,14 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
     if ctx.is_zero and not ctx.external:
         os.environ[strategies.RUN_DIR_ENV] = str(run.path)  # ranks Lightning's ddp launcher starts use this run
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+        with warnings.catch_warnings():
+            if ckpt_path is not None:
+                # False alarms on a resume: ResumeState puts back the sampler position and RNG
+                # states (tests/test_train_resume.py: bitwise equal to an uninterrupted run), and
+                # the checkpoints folder is meant to hold the interrupted run's files.
+                warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
+                warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
         _recover_from_workers(trainer, run, throughput)
