@@ -101,5 +101,7 @@ def test_quickstart_console_script(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "A sample from the best checkpoint" in proc.stdout
     assert "tensorboard --logdir" in proc.stdout and "streamlit run dashboard/app.py" in proc.stdout
+    assert "GPU available" in proc.stderr  # Lightning's own info lines stay...
+    assert "💡" not in proc.stderr + proc.stdout and "LeafSpec" not in proc.stderr  # ...its adverts do not
     (run,) = runs.list_runs(tmp_path / "runs")
     assert run.status == "completed"
