@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -173,3 +175,12 @@ def test_bad_options_are_refused_before_any_work(method: str, options: dict, nee
     with pytest.raises(LabError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         check_options(method, options)
     check_options("all", {"steps": 5, "sparsity": 0.3})  # each method ignores the others' options
+
+
+def test_backend_probe_keeps_the_console_clean() -> None:
+    # torchao's import logs "Failed to load" for GPU-only kernels; a fresh process shows whether it leaks.
+    code = "from lab.compress.quantize import available; print(available())"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert quantize_mod.TORCH_AO in proc.stdout
+    assert "Failed to load" not in proc.stderr and "triton" not in proc.stderr.lower(), proc.stderr

@@ -19,11 +19,13 @@ and zero points are plain tensors, so ``load_int8`` reads it back with ``weights
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import logging
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -46,9 +48,26 @@ def quantize_torch_ao(model: nn.Module) -> nn.Module:
         return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
 
 
-def quantize_torchao(model: nn.Module) -> nn.Module:
+@contextlib.contextmanager
+def quiet_torchao_import() -> Iterator[None]:
+    """Import torchao without its console noise: it logs "Failed to load" for its GPU-only
+    kernels (mxfp8, CUTLASS sm90a), "no triton", and torch logs a pytree deprecation that
+    torchao triggers. None of it concerns CPU int8, and all of it alarms a user."""
+    loggers = [logging.getLogger(name) for name in ("torchao", "torch.utils._pytree")]
+    levels = [logger.level for logger in loggers]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        for logger in loggers:
+            logger.setLevel(logging.ERROR)
+        try:
+            yield
+        finally:
+            for logger, level in zip(loggers, levels):
+                logger.setLevel(level)
+
+
+def quantize_torchao(model: nn.Module) -> nn.Module:
+    with quiet_torchao_import():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         q = copy.deepcopy(model).eval()
@@ -69,8 +88,7 @@ def available() -> dict[str, str]:
     except ImportError as e:
         out[TORCH_AO] = f"not importable: {e}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with quiet_torchao_import():
             import torchao.quantization as tq
 
         out[TORCHAO] = "ok" if hasattr(tq, "Int8DynamicActivationInt8WeightConfig") else "torchao too old"
