@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import warnings
 from typing import Any, Sequence
 
 from lab.errors import LabError
@@ -337,18 +336,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_third_party_noise() -> None:
-    """Drop console lines a lab user cannot act on: Lightning's "💡 Tip" adverts for its cloud
-    services (this lab runs offline) and a deprecation inside Lightning's own pytree helper
-    that torch 2.13 triggers. Real warnings still show."""
+def _no_adverts() -> None:
+    """Drop Lightning's "💡 Tip" lines advertising its cloud services (this lab runs offline);
+    its other info lines stay. (Notebooks use ``workshop.quiet()``, which hides all of them.)"""
     # The logger Lightning's rank_zero_info writes through (set up before Lightning is imported).
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
         lambda record: not record.getMessage().startswith("💡 Tip"))
-    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    _quiet_third_party_noise()
+    _no_adverts()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and not args.takes_overrides:

@@ -41,6 +41,11 @@ from lab.errors import LabError, RunInterrupted
 from lab.models import build_model
 from lab.modules import Classifier, LabModule, LanguageModel, Regressor
 
+# torch 2.13 deprecates a pytree class that Lightning 2.6's own code still builds, at every fit,
+# test and lr_find: a FutureWarning raised inside Lightning that users can do nothing about.
+# Only that Lightning module's FutureWarnings are hidden.
+warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+
 
 def build_datamodule(cfg: Config) -> L.LightningDataModule:
     """The DataModule for ``cfg.data`` (text needs the model's block size and a sample budget)."""
