@@ -170,8 +170,11 @@ class LanguageModel(LabModule):
     def _log_epoch(self, stage: str) -> None:
         mean = self.mean_loss[f"{stage}_"].compute()
         self.mean_loss[f"{stage}_"].reset()
+        # compute() has already reduced over the ranks, so every rank holds the same values;
+        # sync_dist averages those identical values (3 scalars per epoch) and tells Lightning,
+        # which otherwise warns that epoch-level logs under DDP are not synced.
         self.log_dict({f"{stage}/loss": mean, f"{stage}/perplexity": torch.exp(mean),
-                       f"{stage}/bits_per_token": mean / math.log(2)}, prog_bar=stage == "val")
+                       f"{stage}/bits_per_token": mean / math.log(2)}, prog_bar=stage == "val", sync_dist=True)
 
     def on_validation_epoch_end(self) -> None:
         self._log_epoch("val")

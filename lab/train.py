@@ -409,7 +409,9 @@ def train_module(module: L.LightningModule, dm: L.LightningDataModule, max_steps
     trainer = L.Trainer(max_steps=max_steps, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
                         num_sanity_val_steps=0, gradient_clip_val=gradient_clip_val)
-    trainer.fit(module, train_dataloaders=dm.train_dataloader())
+    with warnings.catch_warnings():  # no validation on purpose: the caller evaluates afterwards
+        warnings.filterwarnings("ignore", message=r"You defined a `validation_step` but have no `val_dataloader`")
+        trainer.fit(module, train_dataloaders=dm.train_dataloader())
     return module.eval()
 
 

@@ -156,6 +156,10 @@ def test_notebook_runs_top_to_bottom_in_small_mode(path: Path, tmp_path: Path, m
     # nbclient raises CellExecutionError on the first failing cell, naming it.
     NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS_DIR)}}).execute()
     CHECKS[path.stem](nb, root)
+    # Students read every line a cell prints: no Lightning warning may reach them.
+    warned = [o["text"] for c in nb.cells for o in c.get("outputs", [])
+              if o.get("name") == "stderr" and "site-packages/lightning" in o["text"]]
+    assert not warned, warned[0][:500]
 
 
 def _free_port() -> int:
