@@ -19,7 +19,6 @@ Ctrl-C exits with 130 after marking the run ``interrupted``.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from typing import Any, Sequence
 
@@ -336,16 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _no_adverts() -> None:
-    """Drop Lightning's "💡 Tip" lines advertising its cloud services (this lab runs offline);
-    its other info lines stay. (Notebooks use ``workshop.quiet()``, which hides all of them.)"""
-    # The logger Lightning's rank_zero_info writes through (set up before Lightning is imported).
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
-        lambda record: not record.getMessage().startswith("💡 Tip"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _no_adverts()
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
     if rest and not args.takes_overrides:

@@ -18,6 +18,7 @@ folder, summary.json and the tokenizer, and a collective timeout turns a dead ra
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import threading
@@ -41,10 +42,15 @@ from lab.errors import LabError, RunInterrupted
 from lab.models import build_model
 from lab.modules import Classifier, LabModule, LanguageModel, Regressor
 
-# torch 2.13 deprecates a pytree class that Lightning 2.6's own code still builds, at every fit,
-# test and lr_find: a FutureWarning raised inside Lightning that users can do nothing about.
-# Only that Lightning module's FutureWarnings are hidden.
+# Lightning output a lab user can do nothing about, silenced once, where the lab's Trainers are
+# built (other info lines stay; notebooks hide all of them with workshop.quiet()):
+# - torch 2.13 deprecates a pytree class that Lightning 2.6's own code still builds, at every
+#   fit, test and lr_find: only that Lightning module's FutureWarnings are hidden;
+# - "💡 Tip" lines advertising Lightning's cloud services (this lab runs offline), written
+#   through the logger behind rank_zero_info.
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not record.getMessage().startswith("💡 Tip"))
 
 
 def build_datamodule(cfg: Config) -> L.LightningDataModule:
