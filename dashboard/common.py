@@ -45,7 +45,8 @@ def _runs_table(root: str, signature: tuple) -> list[dict[str, Any]]:
 
 
 def runs_table(root: str) -> list[dict[str, Any]]:
-    return _runs_table(root, dd.runs_signature(root))
+    """The cached rows, with running runs re-checked (a killed one changes no file)."""
+    return dd.with_live_status(_runs_table(root, dd.runs_signature(root)), root)
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -91,7 +91,7 @@ def _resume_target(args: argparse.Namespace, overrides: list[str]) -> Any:
 def summary_table(run: Any) -> str:
     s = run.summary
     rows = [{"metric": k, "value": v} for k, v in {
-        "run": run.name, "status": s.get("status"), "steps": s.get("step"), "params": s.get("model", {}).get("params"),
+        "run": run.name, "status": run.status, "steps": s.get("step"), "params": s.get("model", {}).get("params"),
         "wall time (s)": s.get("wall_time_s"), **{f"best {k}": v for k, v in s.get("best", {}).items()},
         **s.get("test", {}), **{k: v for k, v in s.get("baseline", {}).items()},
         **{f"throughput {k}": v for k, v in s.get("throughput", {}).items() if k != "peak_flops"},

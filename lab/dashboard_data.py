@@ -30,7 +30,7 @@ from lab.runs import Run
 from lab.tfevents import event_files, read_events
 
 X_AXES = ("step", "tokens", "wall time")
-STATUS_ORDER = ("running", "failed", "interrupted", "completed", "unknown")
+STATUS_ORDER = ("running", "crashed", "failed", "interrupted", "completed", "unknown")
 
 
 # --------------------------------------------------------------------------- signatures (cache keys)
@@ -109,6 +109,24 @@ def run_row(run: Run) -> dict[str, Any]:
 def runs_table(root: str | Path | None) -> list[dict[str, Any]]:
     """Every run under ``root``, newest first, as Runs-table rows."""
     return [run_row(r) for r in reversed(runs_mod.list_runs(root))]
+
+
+def with_live_status(rows: list[dict[str, Any]], root: str | Path | None) -> list[dict[str, Any]]:
+    """``rows`` with each ``running`` one re-read: its process may have died since they were cached.
+
+    A killed run never writes summary.json again, so a table cached by file signatures would
+    say ``running`` forever; this re-checks only those rows (``Run.status``, ``lab.procs``).
+    """
+    base = runs_mod.runs_root(root)
+    out = []
+    for r in rows:
+        if r["status"] == "running":
+            try:
+                r = {**r, "status": runs_mod.load_run(base / r["run"]).status}
+            except LabError:
+                pass  # deleted meanwhile: the next signature change drops the row
+        out.append(r)
+    return out
 
 
 def filter_rows(rows: Iterable[dict[str, Any]], search: str = "", statuses: Sequence[str] = (),

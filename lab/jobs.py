@@ -34,6 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from lab import procs
 from lab.errors import LabError
 from lab.fileio import atomic_write_text, write_json
 from lab.runs import runs_root
@@ -127,11 +128,7 @@ def _alive(pid: int | None, job_id: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        try:
-            os.kill(pid, 0)  # no /proc (macOS): the pid alone
-            return True
-        except (ProcessLookupError, PermissionError):
-            return False
+        return bool(procs.pid_exists(pid))  # no /proc (macOS): the pid alone
     return job_id.encode() in cmdline  # a zombie's cmdline is empty: it counts as gone
 
 

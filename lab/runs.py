@@ -36,11 +36,14 @@ from typing import Any
 
 import yaml
 
+from lab import procs
 from lab.errors import LabError
 from lab.fileio import atomic_write_text, write_json
 
 SUMMARY, CONFIG, TOKENIZER = "summary.json", "config.yaml", "tokenizer.json"
 STATUSES = ("running", "completed", "failed", "interrupted")
+"""What summary.json may say. ``Run.status`` adds ``crashed``: it says running, but its process is gone."""
+CRASHED = "crashed"
 # libyaml's safe loader when PyYAML was built with it: same result, ~10x faster, and listing
 # hundreds of runs (lab runs, the dashboard) is mostly parsing config.yaml files.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -77,7 +80,15 @@ class Run:
 
     @property
     def status(self) -> str:
-        return self.summary.get("status", "unknown")
+        """summary.json's status, or ``crashed`` for a ``running`` run whose process is gone.
+
+        A SIGKILL, the out-of-memory killer or a reboot leave no chance to write an end; the
+        process identity ``fit`` recorded tells (``lab.procs``). Its ``last.ckpt`` resumes it.
+        """
+        status = self.summary.get("status", "unknown")
+        if status == "running" and procs.alive(self.summary.get("process")) is False:
+            return CRASHED
+        return status
 
     @property
     def checkpoints_dir(self) -> Path:

@@ -33,7 +33,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lab import env, runs, strategies
+from lab import env, procs, runs, strategies
 from lab.callbacks import FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput
 from lab.checkpoints import AtomicCheckpointIO, load_checkpoint, newest_intact
 from lab.config import Config, flatten, from_dict, validate
@@ -194,7 +194,8 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
               f"{gb['nodes']} nodes x {gb['accumulate']} accumulation (lr {cfg.optimizer.lr:g}, not rescaled)",
               flush=True)
     started, before = time.time(), float(run.summary.get("wall_time_s") or 0.0)
-    start_fields: dict[str, Any] = {"status": "running", "error": None}
+    # process: who is training, so a run killed without a word reads "crashed", not "running".
+    start_fields: dict[str, Any] = {"status": "running", "error": None, "process": procs.identity()}
     if resume is None:
         start_fields.update(
             experiment=run.experiment, run_id=run.run_id, started_at=runs.now_iso(),

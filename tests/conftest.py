@@ -19,6 +19,23 @@ def _quiet_tokenizers(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def other_process() -> Any:
+    """A live Python process and its ``lab.procs.identity()``: ``(popen, identity)``; killed at teardown."""
+    import json
+    import subprocess
+    import sys
+
+    code = "import json, time; from lab import procs; print(json.dumps(procs.identity()), flush=True); time.sleep(120)"
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        yield child, json.loads(child.stdout.readline())
+    finally:
+        child.kill()
+        child.wait()
+        child.stdout.close()
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):

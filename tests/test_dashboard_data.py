@@ -47,6 +47,23 @@ def test_filter_rows(root: Path) -> None:
     assert dd.any_active([{**rows[0], "status": "running"}])
 
 
+def test_cached_rows_get_the_live_status_of_running_runs(tmp_path: Path, root: Path, other_process) -> None:
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    run = runs_mod.list_runs(copy)[0]
+    child, ident = other_process
+    runs_mod.update_summary(run, status="running", process=ident)
+    cached = dd.runs_table(copy)  # what the dashboard caches until a file changes
+    assert dd.with_live_status(cached, copy) == cached and dd.any_active(cached)
+    child.kill()
+    child.wait()  # killed: no file changes, so the signature (the cache key) stays the same
+    live = dd.with_live_status(cached, copy)
+    assert {r["run"]: r["status"] for r in live}[run.name] == "crashed" and not dd.any_active(live)
+    assert [r for r in live if r["run"] != run.name] == [r for r in cached if r["run"] != run.name]
+    shutil.rmtree(run.path)  # deleted meanwhile: the row stays until the next reload
+    assert len(dd.with_live_status(cached, copy)) == len(cached)
+
+
 def test_signature_changes_only_when_files_change(tmp_path: Path, root: Path) -> None:
     copy = tmp_path / "runs"
     shutil.copytree(root, copy)

@@ -105,3 +105,21 @@ def test_scalars_reads_tensorboard_events_and_tolerates_truncation(tmp_path: Pat
     event.write_bytes(data[:-7])  # cut the last record short, as a crash mid-write would
     truncated = runs.scalars(run)["train/loss"]
     assert [s for s, _, _ in truncated] == [0, 1, 2, 3]
+
+
+def test_a_running_run_whose_process_died_reads_crashed(tmp_path: Path, other_process) -> None:
+    child, ident = other_process
+    run = runs.create_run(tmp_path, "exp", {})
+    runs.update_summary(run, status="running", process=ident)
+    assert runs.load_run(run.path).status == "running"
+    child.kill()
+    child.wait()
+    assert runs.load_run(run.path).status == runs.CRASHED == "crashed"
+    # Ended runs keep their status; a run without a recorded process (older lab) or one on
+    # another host cannot be judged from here and keeps saying running.
+    runs.update_summary(run, status="completed")
+    assert runs.load_run(run.path).status == "completed"
+    runs.update_summary(run, status="running", process=None)
+    assert runs.load_run(run.path).status == "running"
+    runs.update_summary(run, status="running", process={**ident, "host": "elsewhere"})
+    assert runs.load_run(run.path).status == "running"

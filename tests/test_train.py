@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from lab import runs
+from lab import procs, runs
 from lab.config import load_config
 from lab.errors import ConfigError
 from lab.train import fit, global_batch, load_module
@@ -34,6 +35,7 @@ def test_fit_writes_a_complete_run_folder(gpt_run: runs.Run) -> None:
     s = loaded.summary
     assert s["status"] == "completed" and s["step"] == 30
     assert s["model"]["params"] > 0 and s["env"]["torch"] == torch.__version__
+    assert s["process"]["pid"] == os.getpid() and procs.alive(s["process"]) is True  # trained in this process
     assert s["global_batch"]["global"] == 12
     assert s["throughput"]["tokens_per_sec"] > 0 and 0 < s["throughput"]["mfu"] < 1
     assert set(s["test"]) >= {"test/loss", "test/perplexity", "test/bits_per_token"}
