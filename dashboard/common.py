@@ -113,7 +113,9 @@ def curve_charts(runs: list[Run], key: str, default_tags: tuple[str, ...] = ("tr
         raw = base.mark_line(opacity=0.25).encode(y=alt.Y("value:Q", scale=scale, title=tag))
         smooth = base.mark_line().encode(y=alt.Y("smoothed:Q", scale=scale, title=tag),
                                          tooltip=["run", "step", "x", "value", "smoothed"])
-        st.altair_chart((raw + smooth).properties(title=tag, height=260), width="stretch")
+        lone = base.transform_filter("datum.lone").mark_point(filled=True, size=70).encode(
+            y=alt.Y("value:Q", scale=scale, title=tag), tooltip=["run", "step", "x", "value"])
+        st.altair_chart((raw + smooth + lone).properties(title=tag, height=260), width="stretch")
 
 
 def frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -216,7 +216,10 @@ def tag_order(tags: Iterable[str]) -> list[str]:
 
 def curves(runs: Sequence[Run], tags: Sequence[str], x: str = "step", smoothing: float = 0.0,
            data: dict[str, dict[str, list[tuple[int, float, float]]]] | None = None) -> pd.DataFrame:
-    """Long-format curves: columns run, tag, step, x, value, smoothed (for overlaid line charts).
+    """Long-format curves: columns run, tag, step, x, value, smoothed, lone (for overlaid line charts).
+
+    ``lone`` marks a curve with a single point (one validation so far, a test metric): a line
+    through one point draws nothing, so the chart shows those as dots.
 
     ``x``: ``step``, ``tokens`` (step x tokens-or-samples per step) or ``wall time`` (seconds
     since the run's first logged point). ``data``: already-read scalars per run name (cache).
@@ -236,9 +239,9 @@ def curves(runs: Sequence[Run], tags: Sequence[str], x: str = "step", smoothing:
             values = [p[2] for p in pts]
             xs = steps if x == "step" else [s * per_step for s in steps] if x == "tokens" else [p[1] - t0 for p in pts]
             frames.append(pd.DataFrame({"run": run.name, "tag": tag, "step": steps, "x": xs, "value": values,
-                                        "smoothed": smooth(values, smoothing)}))
+                                        "smoothed": smooth(values, smoothing), "lone": len(pts) == 1}))
     if not frames:
-        return pd.DataFrame(columns=["run", "tag", "step", "x", "value", "smoothed"])
+        return pd.DataFrame(columns=["run", "tag", "step", "x", "value", "smoothed", "lone"])
     return pd.concat(frames, ignore_index=True)
 
 

@@ -142,6 +142,11 @@ def test_curves_x_axes(root: Path) -> None:
     wall = dd.curves([gpt], ["train/loss"], x="wall time")
     assert wall["x"].min() >= 0 and wall["x"].is_monotonic_increasing
     assert dd.curves([gpt], ["no/such"]).empty
+    # A curve of one point (the test metric, logged once) is flagged for the chart to draw as a dot.
+    both = dd.curves([gpt], ["train/loss", "test/loss"])
+    sizes = both.groupby("tag").size()
+    assert sizes["test/loss"] == 1 and sizes["train/loss"] > 1
+    assert both.groupby("tag")["lone"].all().to_dict() == {"test/loss": True, "train/loss": False}
     with pytest.raises(LabError):
         dd.curves([gpt], ["train/loss"], x="epochs")
 
