@@ -121,10 +121,12 @@ def with_live_status(rows: list[dict[str, Any]], root: str | Path | None) -> lis
     out = []
     for r in rows:
         if r["status"] == "running":
-            try:
-                r = {**r, "status": runs_mod.load_run(base / r["run"]).status}
-            except LabError:
-                pass  # deleted meanwhile: the next signature change drops the row
+            path = base / r["run"]
+            try:  # summary.json alone: the status needs nothing else
+                summary = json.loads((path / runs_mod.SUMMARY).read_text(encoding="utf-8"))
+                r = {**r, "status": Run(path, summary=summary).status}
+            except (OSError, ValueError):
+                pass  # deleted or being rewritten meanwhile: the next signature change reloads the row
         out.append(r)
     return out
 

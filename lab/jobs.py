@@ -128,7 +128,7 @@ def _alive(pid: int | None, job_id: str) -> bool:
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return bool(procs.pid_exists(pid))  # no /proc (macOS): the pid alone
+        return bool(procs.pid_exists(pid, own=True))  # no /proc (macOS): the pid alone
     return job_id.encode() in cmdline  # a zombie's cmdline is empty: it counts as gone
 
 

@@ -1,15 +1,16 @@
 """Which process is running a run, and whether it still lives.
 
     from lab import procs
-    ident = procs.identity()      # {"host": ..., "pid": ..., "start": ..., "boot": ..., "pid_ns": ...}
+    ident = procs.identity()      # {"host", "pid"} + on Linux {"machine", "boot", "pid_ns", "start"}
     procs.alive(ident)            # True, False, or None where this process cannot tell
 
 ``lab.train.fit`` records its identity in summary.json next to ``status: running``. A run
 whose process was killed with SIGKILL, by the out-of-memory killer or by a reboot never gets
 to write its end; ``lab.runs.Run.status`` then reads ``crashed`` instead of ``running``
-forever. Only a process on the same host (and, on Linux, in the same PID namespace: another
-container may reuse the host name) can tell; elsewhere the answer is None, "don't know".
-The start time and boot id guard against a later process that got the same pid.
+forever. Only a process on the same machine (same host name and, on Linux, same machine id
+and PID namespace: cloned VMs and containers may share a host name) can tell; elsewhere, or
+where /proc hides the process, the answer is None, "don't know", never a false "dead". The
+start time and boot id guard against a later process that got the same pid.
 """
 
 from __future__ import annotations
@@ -23,10 +24,15 @@ _PROC = Path("/proc")
 
 
 def identity() -> dict[str, Any]:
-    """This process: host name and pid, plus (Linux) its start time, the boot and PID namespace."""
+    """This process: host name and pid, plus (Linux) machine id, boot id, PID namespace, start time."""
     ident: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
     if _has_proc():
-        ident.update(start=_stat(os.getpid())[1], boot=_boot_id(), pid_ns=_pid_ns())
+        try:
+            linux = {"machine": _read(Path("/etc/machine-id")), "boot": _read(_PROC / "sys/kernel/random/boot_id"),
+                     "pid_ns": _pid_ns(), "start": _stat("self")[1]}
+        except (OSError, ValueError, IndexError):
+            return ident  # an odd /proc (another namespace's): the pid alone, judged by no one
+        ident.update(linux)
     return ident
 
 
@@ -36,21 +42,33 @@ def alive(ident: dict[str, Any] | None) -> bool | None:
         return None
     pid = int(ident["pid"])
     if not _has_proc():
-        return pid_exists(pid)
-    if ident.get("pid_ns") != _pid_ns():
-        return None  # another container with the same host name: its pids are not ours
-    if ident.get("boot") not in (None, _boot_id()):
-        return False  # the machine restarted since
+        # A record made on Linux names a machine this one cannot check (a shared drive).
+        return None if "start" in ident else pid_exists(pid)
+    if "start" not in ident or ident.get("pid_ns") != _pid_ns():
+        return None  # another container (its pids are not ours), or an identity without the checks
+    boot = _read(_PROC / "sys/kernel/random/boot_id")  # a random id per boot of each machine
+    if boot is None or ident.get("boot") != boot:
+        # Restarted since, or another machine with the same host name (cloned VMs on a shared
+        # runs folder): only a matching machine id says which.
+        machine = _read(Path("/etc/machine-id"))
+        return False if machine is not None and ident.get("machine") == machine else None
     try:
         state, start = _stat(pid)
-    except OSError:
-        return False
+    except FileNotFoundError:
+        # Gone, or hidden by /proc's hidepid: the signal probe tells (another user's: "exists").
+        return None if pid_exists(pid) else False
+    except (OSError, ValueError, IndexError):
+        return None
     # A zombie has exited (its parent has not reaped it yet); another start time is another process.
-    return state != "Z" and (ident.get("start") is None or start == ident["start"])
+    return state != "Z" and start == ident["start"]
 
 
-def pid_exists(pid: int) -> bool | None:
-    """Whether ``pid`` exists, by the signal-0 probe; None off POSIX (where os.kill would kill it)."""
+def pid_exists(pid: int, own: bool = False) -> bool | None:
+    """Whether ``pid`` exists, by the signal-0 probe; None off POSIX (where os.kill would kill it).
+
+    ``own``: count only this user's processes (a job runner is always ours: another user's
+    process holding the pid means the runner is gone and the pid was reused).
+    """
     if os.name != "posix":
         return None
     try:
@@ -58,7 +76,7 @@ def pid_exists(pid: int) -> bool | None:
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True  # someone else's process, but alive
+        return not own  # someone else's process, alive
     return True
 
 
@@ -66,16 +84,16 @@ def _has_proc() -> bool:
     return (_PROC / "self" / "stat").exists()
 
 
-def _stat(pid: int) -> tuple[str, int]:
-    """(state, start time in clock ticks since boot) from /proc/<pid>/stat."""
+def _stat(pid: int | str) -> tuple[str, int]:
+    """(state, start time in clock ticks since boot) from /proc/<pid>/stat (pid may be ``self``)."""
     text = (_PROC / str(pid) / "stat").read_text()
     fields = text[text.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
     return fields[0], int(fields[19])
 
 
-def _boot_id() -> str | None:
+def _read(path: Path) -> str | None:
     try:
-        return (_PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        return path.read_text().strip() or None
     except OSError:
         return None
 

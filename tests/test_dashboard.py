@@ -235,6 +235,23 @@ def test_runs_page_refreshes_while_a_run_trains(app, root: Path, tmp_path: Path,
     assert "running" in set(at.dataframe[0].value["status"])
 
 
+def test_runs_page_shows_a_killed_run_as_crashed_and_stops_refreshing(app, root: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch,
+                                                                      other_process) -> None:
+    from lab.runs import update_summary
+
+    copy = scratch(root, tmp_path, monkeypatch)
+    child, ident = other_process
+    update_summary(list_runs(copy)[0], status="running", process=ident)
+    at = app()
+    assert "refreshing every 5 s" in texts(at) and "running" in set(at.dataframe[0].value["status"])
+    child.kill()
+    child.wait()  # no file changes: the cached table must still learn of it
+    at.run()
+    assert not at.exception and "crashed" in set(at.dataframe[0].value["status"])
+    assert "refreshing every 5 s" not in texts(at)
+
+
 def test_environment_page_shows_doctor_checks(app) -> None:
     at = app("environment.py")
     assert not at.exception

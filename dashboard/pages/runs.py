@@ -29,6 +29,8 @@ experiments = c3.multiselect("Experiment", sorted({r["experiment"] for r in rows
 @st.fragment(run_every=5 if common.dd.any_active(rows) else None)
 def table() -> None:
     current = common.runs_table(root)
+    if common.dd.any_active(rows) and not common.dd.any_active(current):
+        st.rerun()  # the last training run ended (or crashed): rebuild the page, without the timer
     shown = common.dd.filter_rows(current, search, statuses, experiments)
     st.caption(f"{len(shown)} of {len(current)} runs · open one on the Run page, compare several on the Compare page"
                + (" · refreshing every 5 s while a run is training" if common.dd.any_active(current) else ""))
