@@ -117,7 +117,7 @@ def cmd_quickstart(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lab.runs import list_runs, runs_root
+    from lab.runs import list_runs, runs_root, status_note
 
     found = list_runs(args.runs_dir)
     if not found:
@@ -128,6 +128,8 @@ def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
              "best val/loss": r.summary.get("best", {}).get("val/loss"),
              "wall (s)": r.summary.get("wall_time_s")} for r in found]
     print(table(rows, list(rows[0])))
+    for note in filter(None, map(status_note, found)):
+        print(note)
     return 0
 
 

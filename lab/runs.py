@@ -123,6 +123,18 @@ class Run:
         return self.path / "export" / fmt
 
 
+def status_note(run: Run) -> str | None:
+    """What to do about a run that stopped early (crashed or interrupted); None otherwise."""
+    resume = f"`lab fit --resume {run.name}` continues it from its newest checkpoint"
+    if run.status == CRASHED:
+        owner = run.summary.get("process") or {}
+        return (f"{run.name} crashed: its process (pid {owner.get('pid')} on {owner.get('host')}) is gone without "
+                f"a word (killed with kill -9, out of memory, or the machine restarted); {resume}")
+    if run.status == "interrupted":
+        return f"{run.name} was interrupted (Ctrl-C, SIGTERM or a Stop button) after saving last.ckpt; {resume}"
+    return None
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

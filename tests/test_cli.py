@@ -83,6 +83,21 @@ def test_fit_runs_and_sample(tmp_path: Path, capsys: pytest.CaptureFixture) -> N
     assert capsys.readouterr().out == first and len(first) >= 25
 
 
+def test_runs_says_which_runs_crashed_and_how_to_resume(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                        other_process) -> None:
+    child, ident = other_process
+    run = runs.create_run(tmp_path, "seed-mlp", {})
+    runs.update_summary(run, status="running", process=ident)
+    assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "running" in out and "crashed" not in out
+    child.kill()
+    child.wait()
+    assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{run.name}  crashed" in out and f"lab fit --resume {run.name}" in out
+
+
 def test_readme_opens_with_the_two_commands() -> None:
     blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     install_run, install_test = blocks[0].strip(), blocks[1].strip()

@@ -242,7 +242,8 @@ def test_runs_page_shows_a_killed_run_as_crashed_and_stops_refreshing(app, root:
 
     copy = scratch(root, tmp_path, monkeypatch)
     child, ident = other_process
-    update_summary(list_runs(copy)[0], status="running", process=ident)
+    victim = list_runs(copy)[0]
+    update_summary(victim, status="running", process=ident)
     at = app()
     assert "refreshing every 5 s" in texts(at) and "running" in set(at.dataframe[0].value["status"])
     child.kill()
@@ -250,6 +251,9 @@ def test_runs_page_shows_a_killed_run_as_crashed_and_stops_refreshing(app, root:
     at.run()
     assert not at.exception and "crashed" in set(at.dataframe[0].value["status"])
     assert "refreshing every 5 s" not in texts(at)
+    page = app("run.py", run=victim.name)
+    assert page.metric[0].value == "crashed"
+    assert any(f"pid {ident['pid']}" in w.value and "lab fit --resume" in w.value for w in page.warning)
 
 
 def test_environment_page_shows_doctor_checks(app) -> None:

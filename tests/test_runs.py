@@ -112,9 +112,13 @@ def test_a_running_run_whose_process_died_reads_crashed(tmp_path: Path, other_pr
     run = runs.create_run(tmp_path, "exp", {})
     runs.update_summary(run, status="running", process=ident)
     assert runs.load_run(run.path).status == "running"
+    assert runs.status_note(runs.load_run(run.path)) is None
     child.kill()
     child.wait()
-    assert runs.load_run(run.path).status == runs.CRASHED == "crashed"
+    crashed = runs.load_run(run.path)
+    assert crashed.status == runs.CRASHED == "crashed"
+    note = runs.status_note(crashed)
+    assert f"pid {ident['pid']}" in note and f"lab fit --resume {run.name}" in note
     # Ended runs keep their status; a run without a recorded process (older lab) or one on
     # another host cannot be judged from here and keeps saying running.
     runs.update_summary(run, status="completed")

@@ -17,7 +17,7 @@ import torch
 
 from lab import runs
 from lab.callbacks import NonFiniteLossError
-from lab.checkpoints import load_checkpoint
+from lab.checkpoints import CheckpointError, load_checkpoint
 from lab.config import load_config
 from lab.errors import LabError
 from lab.train import fit
@@ -159,6 +159,20 @@ def test_resume_in_process_continues_the_same_folder(tmp_path: Path) -> None:
     assert not [w for w in caught if "not resumable" in str(w.message) or "is not empty" in str(w.message)]
     steps = [s for s, _ in _curve(run.path)]
     assert steps == sorted(set(steps)) and steps[-1] == 29
+
+
+def test_resuming_a_run_that_is_still_training_is_refused(tmp_path: Path, other_process) -> None:
+    run = runs.create_run(tmp_path, "seed-mlp", load_config("seed-mlp").to_dict())
+    child, ident = other_process  # the "training" process, alive
+    runs.update_summary(run, status="running", process=ident)
+    before = sorted(p.name for p in run.path.iterdir())
+    with pytest.raises(LabError, match=rf"still training \(pid {child.pid} .*stop it first"):
+        fit(None, runs_root=tmp_path, progress=False, resume=runs.load_run(run.path))
+    assert sorted(p.name for p in run.path.iterdir()) == before  # refused before any work
+    child.kill()
+    child.wait()  # now it has crashed: resuming is what the user should do; here it gets as far
+    with pytest.raises(CheckpointError, match="nothing to resume from"):  # as finding no checkpoint
+        fit(None, runs_root=tmp_path, progress=False, resume=runs.load_run(run.path))
 
 
 class _InterruptAt(L.Callback):

@@ -13,6 +13,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dashboard/, for `common`
 import common  # noqa: E402
+from lab.runs import status_note  # noqa: E402  (common put the repo root on the path)
 
 dd = common.dd
 root = common.setup("Run")
@@ -38,6 +39,8 @@ c[3].metric("params", f"{row['params']:,}" if row["params"] else "-")
 c[4].metric("wall time", f"{row['wall time (s)']:.1f} s" if row["wall time (s)"] else "-")
 if s.get("error"):
     st.error(f"failed: {s['error']}")
+if note := status_note(run):
+    st.warning(note)
 st.markdown("**Reproduce**")
 st.code(dd.reproduce_command(run), language="bash")
 
