@@ -1,5 +1,5 @@
 """The Runs page: every run under the runs folder, filterable, sortable (click a column header),
-searchable; the table refreshes itself every 5 s while a run is training.
+searchable; the table refreshes itself every 5 s while a run is training, every 30 s otherwise.
 """
 
 from __future__ import annotations
@@ -24,13 +24,14 @@ statuses = c2.multiselect("Status", sorted({r["status"] for r in rows}), key="ru
 experiments = c3.multiselect("Experiment", sorted({r["experiment"] for r in rows}), key="runs-exp")
 
 
-# Only the table reruns on the timer (a fragment), and only while a run is training: training
-# rewrites summary.json, the signature changes and the cached table reloads.
-@st.fragment(run_every=5 if common.dd.any_active(rows) else None)
+# Only the table reruns on the timer (a fragment): every 5 s while a run is training (training
+# rewrites summary.json, the signature changes and the cached table reloads), every 30 s
+# otherwise, so a run started elsewhere shows up without a reload (a signature costs a few ms).
+@st.fragment(run_every=5 if common.dd.any_active(rows) else 30)
 def table() -> None:
     current = common.runs_table(root)
-    if common.dd.any_active(rows) and not common.dd.any_active(current):
-        st.rerun()  # the last training run ended (or crashed): rebuild the page, without the timer
+    if common.dd.any_active(rows) != common.dd.any_active(current):
+        st.rerun()  # a run started, or the last one ended (or crashed): rebuild with the other timer
     shown = common.dd.filter_rows(current, search, statuses, experiments)
     st.caption(f"{len(shown)} of {len(current)} runs · open one on the Run page, compare several on the Compare page"
                + (" · refreshing every 5 s while a run is training" if common.dd.any_active(current) else ""))
