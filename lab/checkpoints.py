@@ -3,6 +3,7 @@
     trainer = L.Trainer(plugins=[AtomicCheckpointIO()])     # what lab.train does
     state = load_checkpoint(run.checkpoint("last"))          # weights_only=True, clear errors
     path, skipped = newest_intact(run)                       # what `lab fit --resume` starts from
+    module = load_module(run, "best")                        # the run's LightningModule, in eval mode
 
 Lightning's own atomic save stages the bytes in memory and writes the target in place
 (or stages in the system temp folder, a copy rather than a rename across filesystems), so
@@ -17,13 +18,17 @@ from __future__ import annotations
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from lab.errors import LabError
 from lab.fileio import atomic_write
+
+if TYPE_CHECKING:
+    from lab.modules import LabModule
+    from lab.runs import Run
 
 
 class CheckpointError(LabError):
@@ -86,3 +91,38 @@ def newest_intact(run_dir: str | Path, names: tuple[str, ...] = ("last", "best")
         why = "; ".join(skipped) or f"no checkpoints in {folder}"
         raise CheckpointError(f"nothing to resume from: {why}")
     return max(loaded)[2], skipped
+
+
+def load_module(run: Run, which: str = "best") -> LabModule:
+    """Rebuild a run's LightningModule from its config and load a checkpoint safely.
+
+    ``which`` is ``best``, ``last`` or a path; loading uses ``torch.load(weights_only=True)``,
+    so a checkpoint cannot execute code.
+    """
+    path = run.checkpoint(which) if which in ("best", "last") else Path(which)
+    if not path.exists():
+        raise LabError(f"no checkpoint {path}: the run has {sorted(p.name for p in run.checkpoints_dir.glob('*.ckpt'))}")
+    state = load_checkpoint(path).get("state_dict")
+    if not isinstance(state, dict):
+        raise LabError(f"checkpoint {path} has no state_dict: it was not written by `lab fit`")
+    from lab.config import from_dict
+    from lab.train import build_module  # here, not at the top: lab.train imports this module
+
+    cfg = from_dict(run.config)
+    dm = None
+    if cfg.model.name == "gpt":
+        from lab.data.tokenizers import load_tokenizer
+
+        tok = load_tokenizer(run.tokenizer_path)
+        dm = _TokenizerOnly(tok)
+    module = build_module(cfg, dm)
+    module.load_state_dict(state)
+    module.eval()
+    return module
+
+
+class _TokenizerOnly:
+    """What build_module needs from a text DataModule when only the tokenizer is at hand."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.vocab_size = tokenizer, tokenizer.vocab_size

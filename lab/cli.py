@@ -101,7 +101,8 @@ def summary_table(run: Any) -> str:
 
 def cmd_quickstart(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.config import load_config
-    from lab.train import fit, load_module
+    from lab.checkpoints import load_module
+    from lab.train import fit
 
     cfg = load_config("gpt-nano", overrides)
     print(f"Training gpt-nano ({cfg.model.n_layer} layers, {cfg.model.n_embd} wide) on the bundled corpus "
@@ -135,7 +136,7 @@ def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.runs import resolve_run
-    from lab.train import load_module
+    from lab.checkpoints import load_module
 
     run = resolve_run(args.run, args.runs_dir)
     if run.config.get("model", {}).get("name") != "gpt":

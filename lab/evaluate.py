@@ -69,13 +69,13 @@ def checkpoint_label(ckpt: str) -> str:
 
 
 def load_checked(run: runs.Run, ckpt: str = "best") -> Any:
-    """``lab.train.load_module`` with every failure turned into a one-line ``LabError``.
+    """``lab.checkpoints.load_module`` with every failure turned into a one-line ``LabError``.
 
     Missing, truncated or pickled-object checkpoints are refused by ``load_module``
     (``weights_only=True``); a state_dict whose shapes or keys do not match the run's
     config is refused here.
     """
-    from lab.train import load_module
+    from lab.checkpoints import load_module
 
     run_config(run)
     path = checkpoint_path(run, ckpt)

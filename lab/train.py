@@ -379,38 +379,6 @@ def _hparams(cfg: Config) -> dict[str, Any]:
     return {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flat.items()}
 
 
-def load_module(run: runs.Run, which: str = "best") -> LabModule:
-    """Rebuild a run's LightningModule from its config and load a checkpoint safely.
-
-    ``which`` is ``best``, ``last`` or a path; loading uses ``torch.load(weights_only=True)``,
-    so a checkpoint cannot execute code.
-    """
-    path = run.checkpoint(which) if which in ("best", "last") else Path(which)
-    if not path.exists():
-        raise LabError(f"no checkpoint {path}: the run has {sorted(p.name for p in run.checkpoints_dir.glob('*.ckpt'))}")
-    state = load_checkpoint(path).get("state_dict")
-    if not isinstance(state, dict):
-        raise LabError(f"checkpoint {path} has no state_dict: it was not written by `lab fit`")
-    cfg = from_dict(run.config)
-    dm = None
-    if cfg.model.name == "gpt":
-        from lab.data.tokenizers import load_tokenizer
-
-        tok = load_tokenizer(run.tokenizer_path)
-        dm = _TokenizerOnly(tok)
-    module = build_module(cfg, dm)
-    module.load_state_dict(state)
-    module.eval()
-    return module
-
-
-class _TokenizerOnly:
-    """What build_module needs from a text DataModule when only the tokenizer is at hand."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self.tokenizer, self.vocab_size = tokenizer, tokenizer.vocab_size
-
-
 def train_module(module: L.LightningModule, dm: L.LightningDataModule, max_steps: int,
                  gradient_clip_val: float | None = 1.0, seed: int = 1337) -> L.LightningModule:
     """Train ``module`` for ``max_steps`` with no run folder, logger or checkpoints.

@@ -134,7 +134,7 @@ def test_single_process_run_records_strategy_and_leaves_no_env(tmp_path: Path) -
 
 @pytest.mark.slow
 def test_compile_and_activation_checkpointing_train_and_reload(tmp_path: Path) -> None:
-    from lab.train import load_module
+    from lab.checkpoints import load_module
 
     small = {"trainer.max_steps": 3, "trainer.accelerator": "cpu", "model.n_layer": 1, "model.n_embd": 32,
              "trainer.val_check_interval": 3, "trainer.limit_val_batches": 1}

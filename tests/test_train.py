@@ -13,7 +13,8 @@ import torch
 from lab import procs, runs
 from lab.config import load_config
 from lab.errors import ConfigError
-from lab.train import fit, global_batch, load_module
+from lab.checkpoints import load_module
+from lab.train import fit, global_batch
 
 TINY_GPT = {"trainer.max_steps": 30, "trainer.val_check_interval": 15, "trainer.limit_val_batches": 4,
             "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,

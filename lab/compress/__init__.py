@@ -7,7 +7,7 @@ A method is a plain function::
     def method(module: LabModule, dm: LightningDataModule, cfg: Config, out_dir: Path,
                **options) -> Artifact
 
-- ``module``: the original run's LightningModule, loaded with ``lab.train.load_module``
+- ``module``: the original run's LightningModule, loaded with ``lab.checkpoints.load_module``
   (eval mode, CPU). ``module.model`` is the pure nn.Module. A method must NOT modify it in
   place: ``copy.deepcopy(module)`` first (the framework evaluates the original from it).
 - ``dm``: the run's DataModule, already ``prepare_data()`` + ``setup("fit")`` + set up for
