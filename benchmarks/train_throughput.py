@@ -142,10 +142,13 @@ class InTurns(L.Callback):
         self.windows: list[tuple[float, float, float, float, float]] = []
         self._open = [0.0, 0.0, 0.0, 0.0]
         self._exit: float | None = None
+        self._clock: Throughput | None = None
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: Any) -> None:
+        self._clock = next(c for c in trainer.callbacks if isinstance(c, Throughput))
+        self._clock.warmup = self.warmup  # both sides leave out the same first steps
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        clock = next(c for c in trainer.callbacks if isinstance(c, Throughput))
-        clock.warmup = self.warmup  # both sides leave out the same first steps
         lab_seconds = time.perf_counter() - self._exit if self._exit is not None else 0.0
         due = batch_idx >= self.warmup and (batch_idx + 1) % self.probe_every == 0
         # A probe's 1024 x 1024 matmuls evict caches: the side that steps right after one
@@ -161,7 +164,7 @@ class InTurns(L.Callback):
             if due:
                 self.windows.append((*self._open, peak))
                 self._open = [0.0, 0.0, 0.0, 0.0]
-        self._exit = clock._last = time.perf_counter()  # the benchmark's own work is not the lab's time
+        self._exit = self._clock._last = time.perf_counter()  # the benchmark's own work is not the lab's time
 
 
 def run_in_turns(cfg: Config, root: Path, warmup: int, probe_every: int) -> tuple[dict, dict, list[tuple]]:

@@ -21,6 +21,9 @@ from pathlib import Path
 from typing import Any
 
 _PROC = Path("/proc")
+_BOOT_ID = _PROC / "sys" / "kernel" / "random" / "boot_id"
+"""A random id per boot of each machine."""
+_MACHINE_ID = Path("/etc/machine-id")
 
 
 def identity() -> dict[str, Any]:
@@ -28,8 +31,8 @@ def identity() -> dict[str, Any]:
     ident: dict[str, Any] = {"host": socket.gethostname(), "pid": os.getpid()}
     if _has_proc():
         try:
-            linux = {"machine": _read(Path("/etc/machine-id")), "boot": _read(_PROC / "sys/kernel/random/boot_id"),
-                     "pid_ns": _pid_ns(), "start": _stat("self")[1]}
+            linux = {"machine": _read(_MACHINE_ID), "boot": _read(_BOOT_ID), "pid_ns": _pid_ns(),
+                     "start": _stat("self")[1]}
         except (OSError, ValueError, IndexError):
             return ident  # an odd /proc (another namespace's): the pid alone, judged by no one
         ident.update(linux)
@@ -46,11 +49,11 @@ def alive(ident: dict[str, Any] | None) -> bool | None:
         return None if "start" in ident else pid_exists(pid)
     if "start" not in ident or ident.get("pid_ns") != _pid_ns():
         return None  # another container (its pids are not ours), or an identity without the checks
-    boot = _read(_PROC / "sys/kernel/random/boot_id")  # a random id per boot of each machine
+    boot = _read(_BOOT_ID)
     if boot is None or ident.get("boot") != boot:
         # Restarted since, or another machine with the same host name (cloned VMs on a shared
         # runs folder): only a matching machine id says which.
-        machine = _read(Path("/etc/machine-id"))
+        machine = _read(_MACHINE_ID)
         return False if machine is not None and ident.get("machine") == machine else None
     try:
         state, start = _stat(pid)
@@ -61,6 +64,12 @@ def alive(ident: dict[str, Any] | None) -> bool | None:
         return None
     # A zombie has exited (its parent has not reaped it yet); another start time is another process.
     return state != "Z" and start == ident["start"]
+
+
+def describe(ident: dict[str, Any] | None) -> str:
+    """``pid 123 on host``, for messages."""
+    ident = ident or {}
+    return f"pid {ident.get('pid')} on {ident.get('host')}"
 
 
 def pid_exists(pid: int, own: bool = False) -> bool | None:

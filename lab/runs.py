@@ -86,9 +86,11 @@ class Run:
         process identity ``fit`` recorded tells (``lab.procs``). Its ``last.ckpt`` resumes it.
         """
         status = self.summary.get("status", "unknown")
-        if status == "running" and procs.alive(self.summary.get("process")) is False:
-            return CRASHED
-        return status
+        return CRASHED if status == "running" and self.process_alive() is False else status
+
+    def process_alive(self) -> bool | None:
+        """Whether the process that wrote ``running`` still lives (``lab.procs.alive``); None if unknown."""
+        return procs.alive(self.summary.get("process"))
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -126,11 +128,11 @@ class Run:
 def status_note(run: Run) -> str | None:
     """What to do about a run that stopped early (crashed or interrupted); None otherwise."""
     resume = f"`lab fit --resume {run.name}` continues it from its newest checkpoint"
-    if run.status == CRASHED:
-        owner = run.summary.get("process") or {}
-        return (f"{run.name} crashed: its process (pid {owner.get('pid')} on {owner.get('host')}) is gone without "
+    status = run.status
+    if status == CRASHED:
+        return (f"{run.name} crashed: its process ({procs.describe(run.summary.get('process'))}) is gone without "
                 f"a word (killed with kill -9, out of memory, or the machine restarted); {resume}")
-    if run.status == "interrupted":
+    if status == "interrupted":
         return f"{run.name} was interrupted (Ctrl-C, SIGTERM or a Stop button) after saving last.ckpt; {resume}"
     return None
 

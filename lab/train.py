@@ -146,11 +146,10 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
     """
     if config is None and resume is None:
         raise LabError("fit needs a config or a run to resume")
-    if resume is not None and resume.summary.get("status") == "running":
-        owner = resume.summary.get("process") or {}
-        if procs.alive(owner):  # two trainings writing one folder would interleave its checkpoints
-            raise LabError(f"run {resume.name} is still training (pid {owner.get('pid')} on {owner.get('host')}): "
-                           "stop it first (Ctrl-C saves last.ckpt), then resume it")
+    if resume is not None and resume.summary.get("status") == "running" and resume.process_alive():
+        # Two trainings writing one folder would interleave its checkpoints.
+        raise LabError(f"run {resume.name} is still training ({procs.describe(resume.summary.get('process'))}): "
+                       "stop it first (Ctrl-C saves last.ckpt), then resume it")
     cfg = from_dict(config if config is not None else resume.config) if not isinstance(config, Config) else config
     validate(cfg)
     cfg.trainer.strategy = strategies.notebook_switch(cfg.trainer.strategy)
