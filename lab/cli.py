@@ -6,7 +6,7 @@
     lab runs                               # a table of runs
     lab sample gpt-nano/20261128-120000-ab12 --tokens 300
     lab evaluate last                      # quality + latency/size report in reports/eval-best.json
-    lab compress last --method int8-dynamic   # or onnx, onnx-int8, prune, distill, all
+    lab compress last --method int8-dynamic   # or int8-static, onnx, onnx-int8, prune, distill, all
     lab export last --format safetensors   # or onnx, torchscript
     lab doctor [--json] [--bench]          # check this machine; exit 1 if a check fails
     lab plan --config gpt2-124m --precision bf16-mixed --devices 8   # memory, FLOPs, time, a recommendation
@@ -281,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for reproducible samples")
     p = add("evaluate", "Measure a run's quality and cost; writes reports/eval-<ckpt>.json.", cmd_evaluate)
     _measure_args(p)
-    p = add("compress", "Compress a run (int8-dynamic, onnx, onnx-int8, prune, prune-structured, distill, all).",
+    p = add("compress", "Compress a run (int8-dynamic, int8-static, onnx, onnx-int8, prune, prune-structured, distill, all).",
             cmd_compress)
     _measure_args(p)
     p.add_argument("--method", required=True, help="a compression method, or all (adds comparison.json, pareto.png)")

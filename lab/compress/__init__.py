@@ -96,6 +96,7 @@ class Artifact:
 
 METHODS: dict[str, str] = {
     "int8-dynamic": "lab.compress.quantize:int8_dynamic",
+    "int8-static": "lab.compress.int8_static:int8_static",
     "onnx": "lab.compress.onnx:onnx_fp32",
     "onnx-int8": "lab.compress.onnx:onnx_int8",
     "prune": "lab.compress.prune:unstructured",
@@ -132,6 +133,7 @@ _OPTION_CHECKS: dict[str, tuple[Callable[[str, Any], bool], str]] = {
     "alpha": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
     "steps": (lambda n, v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
     "temperature": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
+    "calibration_batches": (lambda n, v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
     "lr_scale": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
 }
 """Option name -> (check, what is allowed): checked before any work starts."""

@@ -91,7 +91,7 @@ def max_abs_diff(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tenso
     return worst
 
 
-def _val_batches(dm: Any, n: int = 3) -> list[torch.Tensor]:
+def val_batches(dm: Any, n: int = 3) -> list[torch.Tensor]:
     out = []
     for i, (x, _) in enumerate(dm.val_dataloader()):
         if i >= n:
@@ -103,7 +103,7 @@ def _val_batches(dm: Any, n: int = 3) -> list[torch.Tensor]:
 
 
 def _export_checked(model: nn.Module, dm: Any, path: Path) -> tuple[list[torch.Tensor], dict[str, Any]]:
-    batches = _val_batches(dm)
+    batches = val_batches(dm)
     export_onnx(model, batches[0], path)
     xs = parity_inputs(batches[0], batches[1:])
     diff = max_abs_diff(model, predictor(session(path)), xs)

@@ -49,7 +49,7 @@ def quantize_torch_ao(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _quiet_torchao_import() -> Iterator[None]:
+def quiet_torchao_import() -> Iterator[None]:
     """Import torchao without its console noise: it logs "Failed to load" for its GPU-only
     kernels (mxfp8, CUTLASS sm90a), "no triton", and torch logs a pytree deprecation that
     torchao triggers. None of it concerns CPU int8, and all of it alarms a user."""
@@ -67,7 +67,7 @@ def _quiet_torchao_import() -> Iterator[None]:
 
 
 def quantize_torchao(model: nn.Module) -> nn.Module:
-    with _quiet_torchao_import():
+    with quiet_torchao_import():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         q = copy.deepcopy(model).eval()
@@ -88,7 +88,7 @@ def available() -> dict[str, str]:
     except ImportError as e:
         out[TORCH_AO] = f"not importable: {e}"
     try:
-        with _quiet_torchao_import():
+        with quiet_torchao_import():
             import torchao.quantization as tq
 
         out[TORCHAO] = "ok" if hasattr(tq, "Int8DynamicActivationInt8WeightConfig") else "torchao too old"
