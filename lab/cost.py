@@ -44,6 +44,11 @@ class fixed_threads:
         torch.set_num_threads(self.before)
 
 
+def is_token_ids(x: torch.Tensor) -> bool:
+    """True for a language model's input: integer ids shaped [batch, sequence]."""
+    return x.dim() == 2 and not x.is_floating_point()
+
+
 def make_batch(example: torch.Tensor, batch: int) -> torch.Tensor:
     """``batch`` rows cycled from ``example`` (real inputs at any batch size)."""
     idx = torch.arange(batch) % example.shape[0]
@@ -99,7 +104,7 @@ def cost(predict: Predict, example_input: torch.Tensor, batch_sizes: Iterable[in
     if repeats < 1 or warmup < 0:
         raise LabError("repeats must be >= 1 and warmup >= 0")
     batch_sizes = sorted({int(b) for b in batch_sizes})
-    if tokens_per_sample is None and not example_input.is_floating_point() and example_input.dim() == 2:
+    if tokens_per_sample is None and is_token_ids(example_input):
         tokens_per_sample = int(example_input.shape[1])
     latency: dict[str, Any] = {}
     with fixed_threads(threads) as n_threads:

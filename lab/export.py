@@ -29,6 +29,7 @@ import yaml
 from torch import nn
 
 from lab import runs
+from lab.compress.parity import max_abs_diff, parity_inputs
 from lab.config import from_dict
 from lab.errors import LabError
 from lab.fileio import atomic_write_text
@@ -80,16 +81,11 @@ def _check_target(target: Path) -> None:
         raise LabError(f"{target} exists and is not an earlier `lab export` folder: choose a new or empty folder")
 
 
-def _max_diff(model: nn.Module, fn: Any, xs: list[torch.Tensor]) -> float:
-    with torch.inference_mode():
-        return max(float((fn(x).float() - model(x).float()).abs().max()) for x in xs)
-
-
 def _write_onnx(model: nn.Module, batches: list[torch.Tensor], path: Path) -> dict[str, Any]:
-    from lab.compress.onnx import FP32_TOLERANCE, export_onnx, parity_inputs, predictor, session
+    from lab.compress.onnx import FP32_TOLERANCE, export_onnx, predictor, session
 
     export_onnx(model, batches[0], path)
-    diff = _max_diff(model, predictor(session(path)), parity_inputs(batches[0], batches[1:]))
+    diff = max_abs_diff(model, predictor(session(path)), parity_inputs(batches[0], batches[1:]))
     if not diff <= FP32_TOLERANCE:
         raise LabError(f"the ONNX export does not match PyTorch: max abs difference {diff:.3g} > {FP32_TOLERANCE}")
     return {"max_abs_diff": diff, "tolerance": FP32_TOLERANCE}
@@ -101,9 +97,7 @@ def _write_torchscript(model: nn.Module, batches: list[torch.Tensor], path: Path
         traced = torch.jit.trace(model, batches[0])
         torch.jit.save(traced, str(path))
         loaded = torch.jit.load(str(path))
-    from lab.compress.onnx import parity_inputs
-
-    diff = _max_diff(model, loaded, parity_inputs(batches[0], batches[1:]))
+    diff = max_abs_diff(model, loaded, parity_inputs(batches[0], batches[1:]))
     if diff > 1e-5:
         raise LabError(f"the TorchScript export does not match PyTorch: max abs difference {diff:.3g}")
     return {"max_abs_diff": diff, "tolerance": 1e-5}
@@ -114,7 +108,7 @@ def _write_safetensors(model: nn.Module, batches: list[torch.Tensor], path: Path
 
     save_model(model, str(path), metadata={"format": "pt", "lab_model": type(model).__name__})
     loaded = load_safetensors(path.parent)
-    diff = _max_diff(model, loaded, batches)
+    diff = max_abs_diff(model, loaded, batches)
     if diff != 0.0:
         raise LabError(f"the safetensors round trip changed the outputs (max abs difference {diff:.3g})")
     return {"max_abs_diff": diff, "tolerance": 0.0}

@@ -37,6 +37,18 @@ def other_process() -> Any:
 
 
 @pytest.fixture(scope="module")
+def tiny_gpt_run(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A 1-layer, 32-wide gpt-nano trained 10 steps in its own runs folder (one per test module)."""
+    from lab.config import load_config
+    from lab.train import fit
+
+    tiny = {"trainer.max_steps": 10, "trainer.val_check_interval": 5, "trainer.limit_val_batches": 2,
+            "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,
+            "optimizer.warmup_steps": 2}
+    return fit(load_config("gpt-nano", tiny), runs_root=tmp_path_factory.mktemp("runs"), progress=False)
+
+
+@pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``):
     models this small gain nothing from more, and on a busy 2-core machine spinning OpenMP

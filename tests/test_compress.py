@@ -17,22 +17,12 @@ from lab.compress import METHODS, Artifact, compress, load_report
 from lab.compress.onnx import FP32_TOLERANCE, session
 from lab.errors import LabError
 from lab.compress.quantize import load_int8
-from lab.config import load_config
 from lab.evaluate import load_checked
-from lab.train import fit
 
-TINY_GPT = {"trainer.max_steps": 10, "trainer.val_check_interval": 5, "trainer.limit_val_batches": 2,
-            "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,
-            "optimizer.warmup_steps": 2}
 FAST = {"max_batches": 6, "repeats": 2, "warmup": 1}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def gpt_run(tmp_path_factory: pytest.TempPathFactory) -> runs.Run:
-    return fit(load_config("gpt-nano", TINY_GPT), runs_root=tmp_path_factory.mktemp("runs"), progress=False)
 
 
 def _no_temp_left(run: runs.Run) -> None:
@@ -40,9 +30,9 @@ def _no_temp_left(run: runs.Run) -> None:
     assert leftovers == []
 
 
-def test_int8_dynamic_is_smaller_and_names_its_backend(gpt_run: runs.Run) -> None:
-    r = compress(gpt_run, "int8-dynamic", **FAST)
-    folder = gpt_run.compressed_dir("int8-dynamic")
+def test_int8_dynamic_is_smaller_and_names_its_backend(tiny_gpt_run: runs.Run) -> None:
+    r = compress(tiny_gpt_run, "int8-dynamic", **FAST)
+    folder = tiny_gpt_run.compressed_dir("int8-dynamic")
     assert json.loads((folder / "report.json").read_text())["deltas"] == json.loads(json.dumps(r["deltas"]))
     assert r["deltas"]["size_ratio"] < 1
     assert r["size_bytes"] == (folder / "model_int8.pt").stat().st_size
@@ -55,33 +45,33 @@ def test_int8_dynamic_is_smaller_and_names_its_backend(gpt_run: runs.Run) -> Non
     assert r["deltas"]["speedup_b32"] == r["paired_latency"]["b32"]["speedup"]
     assert r["paired_latency"]["b1"]["baseline_p50_ms"] > 0
     if r["backend"] == quantize_mod.TORCH_AO:  # what was saved loads back with weights_only=True
-        fp32 = load_checked(gpt_run).model
+        fp32 = load_checked(tiny_gpt_run).model
         q = load_int8(folder / "model_int8.pt", fp32)
         x = torch.randint(0, 40, (2, 32))
         assert torch.isfinite(q(x)).all()
-    _no_temp_left(gpt_run)
+    _no_temp_left(tiny_gpt_run)
 
 
-def test_onnx_parity_and_onnx_int8(gpt_run: runs.Run) -> None:
-    r = compress(gpt_run, "onnx", **FAST)
+def test_onnx_parity_and_onnx_int8(tiny_gpt_run: runs.Run) -> None:
+    r = compress(tiny_gpt_run, "onnx", **FAST)
     parity = r["notes"]["parity"]
     assert parity["passed"] and parity["max_abs_diff"] <= parity["tolerance"] == FP32_TOLERANCE
     assert [12, 16] in parity["inputs"]  # a shorter sequence: the dynamic axis works
     assert r["backend"].startswith("onnxruntime") and r["notes"]["exporter"].startswith("torch.onnx.export")
     assert abs(r["deltas"]["quality_delta_rel"]) < 1e-5  # same graph, same numbers (within fp32 reordering)
-    q = compress(gpt_run, "onnx-int8", **FAST)
+    q = compress(tiny_gpt_run, "onnx-int8", **FAST)
     assert q["deltas"]["size_ratio"] < 1 and q["files"] == ["model.int8.onnx"]
     assert "MatMulInteger" in q["notes"]["quantization"]["ops_in_graph"]
-    assert not (gpt_run.compressed_dir("onnx-int8") / ".fp32.onnx").exists()
+    assert not (tiny_gpt_run.compressed_dir("onnx-int8") / ".fp32.onnx").exists()
     assert abs(q["deltas"]["quality_delta_rel"]) < 0.05
-    _no_temp_left(gpt_run)
+    _no_temp_left(tiny_gpt_run)
 
 
-def test_sessions_flush_denormals_without_changing_outputs(gpt_run: runs.Run) -> None:
+def test_sessions_flush_denormals_without_changing_outputs(tiny_gpt_run: runs.Run) -> None:
     import onnxruntime as ort
 
-    compress(gpt_run, "onnx-int8", **FAST)
-    path = gpt_run.compressed_dir("onnx-int8") / "model.int8.onnx"
+    compress(tiny_gpt_run, "onnx-int8", **FAST)
+    path = tiny_gpt_run.compressed_dir("onnx-int8") / "model.int8.onnx"
     sess = session(path, threads=1)
     assert sess.get_session_options().get_session_config_entry("session.set_denormal_as_zero") == "1"
     plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])  # ORT's defaults
@@ -90,19 +80,19 @@ def test_sessions_flush_denormals_without_changing_outputs(gpt_run: runs.Run) ->
     assert abs(fast - ref).max() < 1e-4
 
 
-def test_original_is_evaluated_once(gpt_run: runs.Run) -> None:
-    compress(gpt_run, "onnx", **FAST)
-    report = gpt_run.eval_report("best")
+def test_original_is_evaluated_once(tiny_gpt_run: runs.Run) -> None:
+    compress(tiny_gpt_run, "onnx", **FAST)
+    report = tiny_gpt_run.eval_report("best")
     stamp = report.stat().st_mtime_ns
-    compress(gpt_run, "onnx", **FAST)
+    compress(tiny_gpt_run, "onnx", **FAST)
     assert report.stat().st_mtime_ns == stamp  # cached: same checkpoint, same settings
-    compress(gpt_run, "onnx", **{**FAST, "max_batches": 5})
+    compress(tiny_gpt_run, "onnx", **{**FAST, "max_batches": 5})
     assert report.stat().st_mtime_ns != stamp  # other settings: measured again
 
 
-def test_failed_method_keeps_previous_artifact(gpt_run: runs.Run, monkeypatch: pytest.MonkeyPatch) -> None:
-    compress(gpt_run, "int8-dynamic", **FAST)
-    before = (gpt_run.compressed_dir("int8-dynamic") / "report.json").read_text()
+def test_failed_method_keeps_previous_artifact(tiny_gpt_run: runs.Run, monkeypatch: pytest.MonkeyPatch) -> None:
+    compress(tiny_gpt_run, "int8-dynamic", **FAST)
+    before = (tiny_gpt_run.compressed_dir("int8-dynamic") / "report.json").read_text()
 
     def broken(module, dm, cfg, out_dir: Path, **_) -> Artifact:
         (out_dir / "half.bin").write_bytes(b"0" * 100)
@@ -110,51 +100,51 @@ def test_failed_method_keeps_previous_artifact(gpt_run: runs.Run, monkeypatch: p
 
     monkeypatch.setattr(quantize_mod, "int8_dynamic", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
-        compress(gpt_run, "int8-dynamic", **FAST)
-    assert (gpt_run.compressed_dir("int8-dynamic") / "report.json").read_text() == before
-    assert not (gpt_run.compressed_dir("int8-dynamic") / "half.bin").exists()
-    _no_temp_left(gpt_run)
+        compress(tiny_gpt_run, "int8-dynamic", **FAST)
+    assert (tiny_gpt_run.compressed_dir("int8-dynamic") / "report.json").read_text() == before
+    assert not (tiny_gpt_run.compressed_dir("int8-dynamic") / "half.bin").exists()
+    _no_temp_left(tiny_gpt_run)
 
 
-def test_all_writes_comparison_and_pareto(gpt_run: runs.Run, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_all_writes_comparison_and_pareto(tiny_gpt_run: runs.Run, monkeypatch: pytest.MonkeyPatch) -> None:
     # Only this module's methods (prune/distill have their own tests); one entry that is missing.
     table = {k: METHODS[k] for k in ("int8-dynamic", "onnx", "onnx-int8")}
     table["missing"] = "lab.compress._no_such_module:fn"
     monkeypatch.setattr("lab.compress.METHODS", table)
-    comparison = compress(gpt_run, "all", **FAST)
+    comparison = compress(tiny_gpt_run, "all", **FAST)
     assert [r["method"] for r in comparison["rows"]] == ["original", "int8-dynamic", "onnx", "onnx-int8"]
     assert "missing" in comparison["errors"]
-    saved = json.loads((gpt_run.compressed_root / "comparison.json").read_text())
+    saved = json.loads((tiny_gpt_run.compressed_root / "comparison.json").read_text())
     assert saved["rows"][0]["size_ratio"] == 1.0 and saved["higher_is_better"] is False
-    assert (gpt_run.compressed_root / "pareto.png").read_bytes()[:4] == b"\x89PNG"
-    assert load_report(gpt_run, "onnx")["method"] == "onnx"
+    assert (tiny_gpt_run.compressed_root / "pareto.png").read_bytes()[:4] == b"\x89PNG"
+    assert load_report(tiny_gpt_run, "onnx")["method"] == "onnx"
 
 
-def test_unknown_method_and_bad_run_exit_2(gpt_run: runs.Run, capsys: pytest.CaptureFixture) -> None:
-    root = str(gpt_run.path.parent.parent)
-    assert main(["compress", gpt_run.name, "--method", "zip", "--runs_dir", root]) == 2
+def test_unknown_method_and_bad_run_exit_2(tiny_gpt_run: runs.Run, capsys: pytest.CaptureFixture) -> None:
+    root = str(tiny_gpt_run.path.parent.parent)
+    assert main(["compress", tiny_gpt_run.name, "--method", "zip", "--runs_dir", root]) == 2
     err = capsys.readouterr().err
     assert "unknown compression method 'zip'" in err and "int8-dynamic" in err
     assert main(["compress", "nope/none", "--method", "onnx", "--runs_dir", root]) == 2
-    assert main(["compress", gpt_run.name, "--method", "onnx", "--opt", "oops", "--runs_dir", root]) == 2
+    assert main(["compress", tiny_gpt_run.name, "--method", "onnx", "--opt", "oops", "--runs_dir", root]) == 2
     assert "KEY=VALUE" in capsys.readouterr().err
 
 
-def test_cli_compress_prints_deltas(gpt_run: runs.Run, capsys: pytest.CaptureFixture) -> None:
-    root = str(gpt_run.path.parent.parent)
-    assert main(["compress", gpt_run.name, "--method", "onnx-int8", "--max_batches", "3", "--repeats", "2",
+def test_cli_compress_prints_deltas(tiny_gpt_run: runs.Run, capsys: pytest.CaptureFixture) -> None:
+    root = str(tiny_gpt_run.path.parent.parent)
+    assert main(["compress", tiny_gpt_run.name, "--method", "onnx-int8", "--max_batches", "3", "--repeats", "2",
                  "--runs_dir", root]) == 0
     out = capsys.readouterr().out
     assert "size_ratio" in out and "onnxruntime" in out
 
 
-def test_truncated_checkpoint_leaves_no_compressed_folder(gpt_run: runs.Run, tmp_path: Path,
+def test_truncated_checkpoint_leaves_no_compressed_folder(tiny_gpt_run: runs.Run, tmp_path: Path,
                                                           capsys: pytest.CaptureFixture) -> None:
     import shutil
 
     root = tmp_path / "runs"
     broken = root / "broken" / "run"
-    shutil.copytree(gpt_run.path, broken, ignore=shutil.ignore_patterns("compressed", "reports"))
+    shutil.copytree(tiny_gpt_run.path, broken, ignore=shutil.ignore_patterns("compressed", "reports"))
     ckpt = broken / "checkpoints" / "best.ckpt"
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     assert main(["compress", "broken/run", "--method", "int8-dynamic", "--runs_dir", str(root)]) == 2

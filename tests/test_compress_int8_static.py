@@ -13,25 +13,19 @@ from safetensors.torch import load_file
 import lab.compress.int8_static as static
 from lab import runs
 from lab.compress import check_options, compress
-from lab.config import load_config
 from lab.errors import LabError
 from lab.evaluate import example_batch, load_checked, load_data, run_config
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.vision import CNN, CNNConfig
-from lab.train import fit
 
-TINY_GPT = {"trainer.max_steps": 30, "trainer.val_check_interval": 15, "trainer.limit_val_batches": 2,
-            "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,
-            "optimizer.warmup_steps": 2}
 FAST = {"max_batches": 6, "repeats": 2, "warmup": 1}
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def compressed(tmp_path_factory: pytest.TempPathFactory) -> tuple[runs.Run, dict]:
-    run = fit(load_config("gpt-nano", TINY_GPT), runs_root=tmp_path_factory.mktemp("runs"), progress=False)
-    return run, compress(run, "int8-static", calibration_batches=2, **FAST)
+def compressed(tiny_gpt_run: runs.Run) -> tuple[runs.Run, dict]:
+    return tiny_gpt_run, compress(tiny_gpt_run, "int8-static", calibration_batches=2, **FAST)
 
 
 def test_report_counts_one_safetensors_file_and_checks_parity(compressed: tuple[runs.Run, dict]) -> None:

@@ -127,13 +127,17 @@ def _fraction(name: str, v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1
 
 
+def _whole_number(minimum: int) -> Callable[[str, Any], bool]:
+    return lambda n, v: isinstance(v, int) and not isinstance(v, bool) and v >= minimum
+
+
 _OPTION_CHECKS: dict[str, tuple[Callable[[str, Any], bool], str]] = {
     "sparsity": (_fraction, "a fraction in [0, 1)"),
     "amount": (_fraction, "a fraction in [0, 1)"),
     "alpha": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
-    "steps": (lambda n, v: isinstance(v, int) and not isinstance(v, bool) and v >= 0, "a whole number >= 0"),
+    "steps": (_whole_number(0), "a whole number >= 0"),
     "temperature": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
-    "calibration_batches": (lambda n, v: isinstance(v, int) and not isinstance(v, bool) and v >= 1, "a whole number >= 1"),
+    "calibration_batches": (_whole_number(1), "a whole number >= 1"),
     "lr_scale": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),
 }
 """Option name -> (check, what is allowed): checked before any work starts."""

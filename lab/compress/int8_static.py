@@ -44,7 +44,9 @@ import torch
 from torch import nn
 
 from lab.compress import Artifact
+from lab.compress.parity import max_abs_diff, parity_inputs, val_batches
 from lab.compress.quantize import quiet_torchao_import
+from lab.cost import is_token_ids, num_params
 from lab.errors import LabError
 
 WEIGHTS_FILE = "model_int8.safetensors"
@@ -95,7 +97,7 @@ def _dynamic_shapes(example: torch.Tensor, block_size: int | None) -> tuple[dict
     from torch.export import Dim
 
     axes: dict[int, Any] = {0: Dim("batch", min=1)}
-    if example.dim() == 2 and not example.is_floating_point():
+    if is_token_ids(example):
         axes[1] = Dim("sequence", min=1, max=block_size or example.shape[1])
     return (axes,)
 
@@ -239,22 +241,6 @@ with it. Compiling takes about 20 s longer.
 """
 
 
-def compile_aoti(graph: torch.fx.GraphModule, example: torch.Tensor, block_size: int | None) -> Callable:
-    """AOTInductor-compile the int8 graph for this CPU and load it (the package lives in a temp dir)."""
-    # Export and compile under no_grad: only then are the weights constants to Inductor. With grad
-    # on, freezing leaves them alone and the int8 weights fold back into fp32 matmuls (measured on
-    # gpt-nano at batch 8: 1.1x instead of 2x).
-    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="lab-int8-static-") as tmp, \
-            warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        # Silenced: Inductor's "use detach().clone()" notices (not the user's to act on) and the
-        # autotuner's timing table, which it writes to stderr.
-        warnings.simplefilter("ignore")
-        ep = torch.export.export(graph, (example,), dynamic_shapes=_dynamic_shapes(example, block_size))
-        package = torch._inductor.aoti_compile_and_package(
-            ep, package_path=str(Path(tmp) / "model.pt2"), inductor_configs=dict(INDUCTOR_CONFIGS))
-        return torch._inductor.aoti_load_package(package)  # extracts its library: tmp may go
-
-
 def rebuild_from(folder: str | Path, model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """The int8 graph (eager) of a saved artifact; ``model`` is a fp32 model of the run's config."""
     from safetensors.torch import load_file
@@ -268,8 +254,19 @@ def rebuild_from(folder: str | Path, model: nn.Module, example: torch.Tensor) ->
 
 def compiled(graph: torch.fx.GraphModule, example: torch.Tensor, block_size: int | None
              ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``predict`` running ``graph`` compiled by AOTInductor for this CPU."""
-    runner = compile_aoti(graph, example, block_size)
+    """``predict`` running ``graph`` compiled by AOTInductor for this CPU (the package lives in a temp dir)."""
+    # Export and compile under no_grad: only then are the weights constants to Inductor. With grad
+    # on, freezing leaves them alone and the int8 weights fold back into fp32 matmuls (measured on
+    # gpt-nano at batch 8: 1.1x instead of 2x).
+    with torch.no_grad(), tempfile.TemporaryDirectory(prefix="lab-int8-static-") as tmp, \
+            warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        # Silenced: Inductor's "use detach().clone()" notices (not the user's to act on) and the
+        # autotuner's timing table, which it writes to stderr.
+        warnings.simplefilter("ignore")
+        ep = torch.export.export(graph, (example,), dynamic_shapes=_dynamic_shapes(example, block_size))
+        package = torch._inductor.aoti_compile_and_package(
+            ep, package_path=str(Path(tmp) / "model.pt2"), inductor_configs=dict(INDUCTOR_CONFIGS))
+        runner = torch._inductor.aoti_load_package(package)  # extracts its library: tmp may go
 
     def predict(x: torch.Tensor) -> torch.Tensor:
         # The compiled runner reads inputs as contiguous whatever their strides: a sliced batch
@@ -292,9 +289,6 @@ def load(folder: str | Path, model: nn.Module, example: torch.Tensor) -> Callabl
 def int8_static(module: Any, dm: Any, cfg: Any, out_dir: Path, calibration_batches: int = 8,
                 **_: Any) -> Artifact:
     """Calibrate on validation batches, save int8 safetensors, rebuild + compile from the file."""
-    from lab.compress.onnx import val_batches, max_abs_diff, parity_inputs
-    from lab.cost import num_params
-
     _require()
     model = module.model.eval()
     _check_supported(model)

@@ -30,6 +30,8 @@ import torch
 from torch import nn
 
 from lab.compress import Artifact
+from lab.compress.parity import max_abs_diff, parity_inputs, val_batches
+from lab.cost import is_token_ids
 from lab.errors import LabError
 
 FP32_TOLERANCE = 1e-3
@@ -40,7 +42,7 @@ INPUT, OUTPUT = "input", "output"
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> Path:
     """Write ``model`` as ONNX with a dynamic batch axis (and sequence axis for token ids)."""
-    axes = {0: "batch", 1: "sequence"} if example.dim() == 2 and not example.is_floating_point() else {0: "batch"}
+    axes = {0: "batch", 1: "sequence"} if is_token_ids(example) else {0: "batch"}
     out_axes = dict(axes)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TracerWarnings about Python-level shape checks
@@ -73,33 +75,6 @@ def predictor(sess: Any) -> Callable[[torch.Tensor], torch.Tensor]:
         return torch.from_numpy(sess.run(None, {INPUT: np.ascontiguousarray(x.numpy())})[0])
 
     return predict
-
-
-def parity_inputs(example: torch.Tensor, more: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Real batches at the export shape, a smaller batch and (token ids) a shorter sequence."""
-    xs = [example, *more, example[: max(1, len(example) // 3)]]
-    if example.dim() == 2 and not example.is_floating_point() and example.shape[1] > 2:
-        xs.append(example[:, : example.shape[1] // 2])
-    return xs
-
-
-def max_abs_diff(model: nn.Module, predict: Callable[[torch.Tensor], torch.Tensor], xs: list[torch.Tensor]) -> float:
-    worst = 0.0
-    with torch.inference_mode():
-        for x in xs:
-            worst = max(worst, float((predict(x).float() - model(x).float()).abs().max()))
-    return worst
-
-
-def val_batches(dm: Any, n: int = 3) -> list[torch.Tensor]:
-    out = []
-    for i, (x, _) in enumerate(dm.val_dataloader()):
-        if i >= n:
-            break
-        out.append(x)
-    if not out:
-        raise LabError("the validation split is empty: no real inputs to export and check the ONNX graph with")
-    return out
 
 
 def _export_checked(model: nn.Module, dm: Any, path: Path) -> tuple[list[torch.Tensor], dict[str, Any]]:
