@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import json
 import types
 from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 import lab.compress.int8_static as static
 from lab import runs
@@ -67,6 +69,48 @@ def test_load_rebuilds_and_compiles_a_working_model(compressed: tuple[runs.Run, 
             eager, fast, ref = graph(x), predict(x), fp32(x)
             assert fast.shape == ref.shape
             assert (fast - eager).abs().max() <= (eager - ref).abs().max() + 1e-4
+
+
+def _activation_quant_maxes(graph: torch.fx.GraphModule) -> set[int]:
+    """quant_max of every per-tensor (activation) quantize op in a converted graph."""
+    op = torch.ops.quantized_decomposed.quantize_per_tensor.default
+    return {n.args[4] for n in graph.graph.nodes if n.target == op}
+
+
+@pytest.mark.parametrize("seven_bit", [True, False])
+def test_activation_range_follows_the_flag(seven_bit: bool) -> None:
+    model = GPT(GPTConfig(vocab_size=20, block_size=8, n_layer=1, n_head=2, n_embd=16)).eval()
+    batches = [torch.randint(0, 20, (2, 8), generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    graph = static._convert(static.calibrate(model, batches, seven_bit))
+    assert _activation_quant_maxes(graph) == {127 if seven_bit else 255}
+
+
+def test_seven_bit_activations_exactly_where_the_cpu_lacks_vnni(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: True)
+    assert static.seven_bit_activations() is False
+    monkeypatch.setattr(torch.cpu, "_is_vnni_supported", lambda: False)
+    assert static.seven_bit_activations() is True
+    monkeypatch.delattr(torch.cpu, "_is_vnni_supported")
+    assert static.seven_bit_activations() is True  # unknown: the range that cannot saturate
+
+
+def test_artifact_records_its_activation_range_and_an_8_bit_one_is_refused_without_vnni(
+        compressed: tuple[runs.Run, dict], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    run, r = compressed
+    path = run.compressed_dir("int8-static") / static.WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["lab"])
+    assert meta["seven_bit_activations"] is static.seven_bit_activations()
+    fp32 = load_checked(run).model
+    ids = torch.zeros(2, 8, dtype=torch.long)
+    assert _activation_quant_maxes(static.rebuild_from(path.parent, copy.deepcopy(fp32), ids)) == {
+        127 if meta["seven_bit_activations"] else 255}
+    # The same weights marked as calibrated for 8-bit activations, loaded where there is no VNNI.
+    save_file(load_file(str(path)), str(tmp_path / static.WEIGHTS_FILE),
+              metadata={"lab": json.dumps({**meta, "seven_bit_activations": False})})
+    monkeypatch.setattr(static, "seven_bit_activations", lambda: True)
+    with pytest.raises(LabError, match="8-bit activations, for CPUs with VNNI"):
+        static.rebuild_from(tmp_path, copy.deepcopy(fp32), ids)
 
 
 def test_artifact_of_another_model_is_refused(compressed: tuple[runs.Run, dict]) -> None:

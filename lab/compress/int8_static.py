@@ -11,7 +11,8 @@ How (PyTorch 2's own int8 path for x86 CPUs, the "PT2E" flow of torchao):
 
 1. ``torch.export`` captures the model with dynamic batch (and, for token ids, sequence) axes;
 2. ``prepare_pt2e`` with ``X86InductorQuantizer`` inserts observers: per-channel int8 ranges for
-   weights, per-tensor uint8 ranges for the activations that feed Linear/Conv layers;
+   weights, per-tensor uint8 ranges for the activations that feed Linear/Conv layers (7-bit,
+   0..127, on CPUs without VNNI: see ``seven_bit_activations``);
 3. the observers see ``calibration_batches`` real validation batches (static: the activation
    ranges are fixed here, not measured per batch at run time);
 4. ``convert_pt2e`` turns observers into quantize/dequantize pairs, and AOTInductor (with
@@ -71,6 +72,19 @@ def _require() -> None:
         raise LabError(f"int8-static needs torchao's PT2E quantization (pip install torchao): {e}") from None
 
 
+def seven_bit_activations() -> bool:
+    """Whether this CPU needs activations kept to 0..127 (it has no VNNI int8 dot-product instructions).
+
+    Without VNNI (AVX2, and AVX-512 before Cascade Lake) the int8 matmul multiplies uint8 by int8
+    and adds pairs into int16 (``vpmaddubsw``), which saturates above 32,767: 255 x 127 x 2 does,
+    127 x 127 x 2 does not. Measured on a 2-core AMD EPYC (AVX2): with 8-bit activations the
+    compiled model's logits were off by 0.14 where int8 itself was off by 0.007; torchao's own
+    advice is ``reduce_range=True`` on such CPUs.
+    """
+    has_vnni = getattr(torch.cpu, "_is_vnni_supported", None)  # private; absent -> assume no VNNI (safe)
+    return not (has_vnni is not None and has_vnni())
+
+
 def _check_supported(model: nn.Module) -> None:
     """GPT and MLP only, the models this path was verified on.
 
@@ -102,14 +116,18 @@ def _dynamic_shapes(example: torch.Tensor, block_size: int | None) -> tuple[dict
     return (axes,)
 
 
-def _prepare(model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
-    """The exported model with observers inserted (the same names every time for the same model)."""
+def _prepare(model: nn.Module, example: torch.Tensor, seven_bit: bool) -> torch.fx.GraphModule:
+    """The exported model with observers inserted (the same names every time for the same model).
+
+    ``seven_bit``: activations quantized to 0..127 instead of 0..255 (``seven_bit_activations``).
+    """
     with quiet_torchao_import():
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer as xiq
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
         quantizer = xiq.X86InductorQuantizer()
-        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=False))
+        quantizer.set_global(xiq.get_default_x86_inductor_quantization_config(is_dynamic=False,
+                                                                              reduce_range=seven_bit))
         exported = torch.export.export(model.eval(), (example,),
                                        dynamic_shapes=_dynamic_shapes(example, _block_size(model)))
         return prepare_pt2e(exported.module(), quantizer)
@@ -127,9 +145,9 @@ def _convert(prepared: torch.fx.GraphModule) -> torch.fx.GraphModule:
         return convert_pt2e(prepared)
 
 
-def calibrate(model: nn.Module, batches: list[torch.Tensor]) -> torch.fx.GraphModule:
+def calibrate(model: nn.Module, batches: list[torch.Tensor], seven_bit: bool) -> torch.fx.GraphModule:
     """Observers inserted and run on ``batches`` (the model itself is not modified)."""
-    prepared = _prepare(model, batches[0])
+    prepared = _prepare(model, batches[0], seven_bit)
     with torch.no_grad():
         for x in batches:
             prepared(x)
@@ -187,7 +205,8 @@ def save(model: nn.Module, prepared: torch.fx.GraphModule, path: Path, meta: dic
     return path
 
 
-def rebuild(tensors: dict[str, torch.Tensor], model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
+def rebuild(tensors: dict[str, torch.Tensor], model: nn.Module, example: torch.Tensor, seven_bit: bool
+            ) -> torch.fx.GraphModule:
     """The converted int8 graph from saved tensors. ``model`` (same config) has its weights overwritten.
 
     int8 weights are loaded dequantized and their observers are pinned to the saved scales, so
@@ -202,7 +221,7 @@ def rebuild(tensors: dict[str, torch.Tensor], model: nn.Module, example: torch.T
             zero_point = tensors[ZERO + pname].float().view(shape)
             state[pname] = (q.float() - zero_point) * tensors[SCALE + pname].view(shape)
     _load_exactly(model, state)
-    prepared = _prepare(model, example)
+    prepared = _prepare(model, example, seven_bit)
     weights = _weight_observers(prepared)
     by_observer = {obs: pname for pname, obs in weights.items()}
     for name in _observers(prepared):
@@ -243,13 +262,21 @@ with it. Compiling takes about 20 s longer.
 
 def rebuild_from(folder: str | Path, model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """The int8 graph (eager) of a saved artifact; ``model`` is a fp32 model of the run's config."""
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
     _require()
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise LabError(f"{folder} has no {WEIGHTS_FILE}: not an int8-static artifact")
-    return rebuild(load_file(str(path)), model.eval(), example)
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads((f.metadata() or {}).get("lab", "{}"))
+    seven_bit = bool(meta.get("seven_bit_activations", False))
+    if not seven_bit and seven_bit_activations():
+        raise LabError(f"{path} was calibrated with 8-bit activations, for CPUs with VNNI; this CPU has no VNNI, "
+                       "where its int8 matmuls would saturate and give wrong outputs: run lab compress "
+                       "--method int8-static on this machine, or use --method onnx-int8")
+    return rebuild(load_file(str(path)), model.eval(), example, seven_bit)
 
 
 def compiled(graph: torch.fx.GraphModule, example: torch.Tensor, block_size: int | None
@@ -293,8 +320,10 @@ def int8_static(module: Any, dm: Any, cfg: Any, out_dir: Path, calibration_batch
     model = module.model.eval()
     _check_supported(model)
     batches = val_batches(dm, int(calibration_batches))
-    prepared = calibrate(copy.deepcopy(model), batches)
-    meta = {"method": "int8-static", "torch": torch.__version__, "calibration_batches": len(batches)}
+    seven_bit = seven_bit_activations()
+    prepared = calibrate(copy.deepcopy(model), batches, seven_bit)
+    meta = {"method": "int8-static", "torch": torch.__version__, "calibration_batches": len(batches),
+            "seven_bit_activations": seven_bit}
     path = save(model, prepared, out_dir / WEIGHTS_FILE, meta)
     calibrated = _convert(prepared)  # what the file must reproduce
     graph = rebuild_from(out_dir, copy.deepcopy(model), batches[0])
@@ -315,7 +344,8 @@ def int8_static(module: Any, dm: Any, cfg: Any, out_dir: Path, calibration_batch
     notes = {
         "quantization": {"api": "torchao PT2E prepare_pt2e / convert_pt2e, X86InductorQuantizer (static)",
                          "weights": "int8, symmetric, per output channel",
-                         "activations": "uint8, per tensor, ranges fixed by calibration (histogram observer)",
+                         "activations": f"uint8 {'0..127 (this CPU has no VNNI)' if seven_bit else '0..255'}, per tensor, "
+                                        "ranges fixed by calibration (histogram observer)",
                          "calibration": f"{len(batches)} validation batches", "torchao": torchao.__version__},
         "compiled_by": {"by": "AOTInductor, at load time, for the CPU it runs on", "inductor_configs": INDUCTOR_CONFIGS},
         "parity": {"file_vs_calibrated": file_diff, "tolerance": PARITY_TOLERANCE,
