@@ -73,7 +73,9 @@ def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, device: str 
 def peak_flops(device: torch.device | str = "cpu", refresh: bool = False) -> float:
     """Peak FLOP/s for MFU: a GPU's published bf16 peak, or the CPU's measured fp32 matmul peak.
 
-    The CPU figure is measured once per thread count and cached in ``cache_dir()``.
+    The CPU figure is measured once per CPU model, instruction set and thread count and cached
+    in ``cache_dir()``: a home folder shared by different machines (a cluster's, a container
+    image's) must not hand one CPU's peak to another.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -88,7 +90,10 @@ def peak_flops(device: torch.device | str = "cpu", refresh: bool = False) -> flo
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    key = f"cpu-{threads}"
+    from lab.env_probe import cpu_info
+
+    cpu = cpu_info()
+    key = f"cpu-{threads} {cpu['model']} {cpu['torch_cpu_capability']}"
     if refresh or key not in cached:
         # Keep the best probe: a busy machine only ever measures low, and an understated
         # peak would overstate MFU.

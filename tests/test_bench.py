@@ -50,3 +50,18 @@ def test_a_failed_measurement_is_reported_not_raised(monkeypatch: pytest.MonkeyP
     lines = "\n".join(bench_lines({"cpu_matmul_bf16": "error: RuntimeError: no bf16 here",
                                    "allreduce": {"backend": "gloo", "error": "timed out after 60 s"}}))
     assert "error: RuntimeError" in lines and "failed: timed out" in lines
+
+
+def test_cached_peak_belongs_to_one_cpu(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    # A home folder moved to (or shared with) another machine: its cached peak is not this CPU's.
+    monkeypatch.setenv("LAB_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(env, "matmul_flops", lambda *a, **k: 1.0e11)
+    assert env.peak_flops("cpu") == 1.0e11
+    monkeypatch.setattr(env, "matmul_flops", lambda *a, **k: pytest.fail("same CPU: read the cache"))
+    assert env.peak_flops("cpu") == 1.0e11
+    import lab.env_probe as probe
+
+    real = probe.cpu_info
+    monkeypatch.setattr(probe, "cpu_info", lambda: {**real(), "model": "Another CPU"})
+    monkeypatch.setattr(env, "matmul_flops", lambda *a, **k: 3.0e11)
+    assert env.peak_flops("cpu") == 3.0e11
