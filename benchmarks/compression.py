@@ -39,7 +39,6 @@ import argparse
 import json
 import logging
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -53,6 +52,7 @@ import torch  # noqa: E402
 
 from lab.compress import compress  # noqa: E402
 from lab.config import load_config  # noqa: E402
+from lab.env_probe import cpu_line  # noqa: E402
 from lab.train import fit  # noqa: E402
 
 MODELS = {
@@ -122,7 +122,7 @@ def main() -> int:
     methods += [m for m, f in (("prune", "prune"), ("prune-structured", "prune"), ("distill", "distill"))
                 if (here / f"{f}.py").exists()]
     methods = [m for m in methods if m not in args.skip.split(",")]
-    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {platform.processor() or platform.machine()}, "
+    print(f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}, {cpu_line()}, "
           f"{os.cpu_count()} CPUs, {threads} threads (training the teachers: {torch.get_num_threads()}), batch "
           f"{args.batch}; load average {_load()}", flush=True)
     batch_sizes = sorted({1, args.batch, 32})

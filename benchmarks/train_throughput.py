@@ -43,7 +43,6 @@ import argparse
 import datetime as dt
 import logging
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -62,6 +61,7 @@ import torch.nn.functional as F  # noqa: E402
 from lab import env  # noqa: E402
 from lab.callbacks import Throughput  # noqa: E402
 from lab.config import Config, load_config  # noqa: E402
+from lab.env_probe import cpu_line  # noqa: E402
 from lab.models.gpt import GPT, GPTConfig  # noqa: E402
 from lab.modules import build_optimizer, lr_lambda  # noqa: E402
 from lab.train import build_datamodule, fit  # noqa: E402
@@ -303,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     w1 = max(len(r[1]) for r in rows)
     w2 = max(len(r[2]) for r in rows)
     print()
-    print(f"date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; machine: {platform.machine()} "
-          f"{platform.processor() or ''} {os.cpu_count()} CPUs; torch {torch.__version__}, {threads} threads; "
+    print(f"date: {dt.datetime.now().astimezone().isoformat(timespec='seconds')}; machine: {cpu_line()}, "
+          f"{os.cpu_count()} CPUs; torch {torch.__version__}, {threads} threads; "
           f"lightning {L.__version__}")
     print(f"shape: {PRESET} ({cfg.model.n_layer} layers, {cfg.model.n_head} heads, {cfg.model.n_embd} wide, "
           f"block {cfg.model.block_size}, batch {cfg.data.batch_size}); {args.repeats} runs x {args.steps} steps, "

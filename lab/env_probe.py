@@ -121,6 +121,16 @@ def cpu_info() -> dict[str, Any]:
     }
 
 
+def cpu_line() -> str:
+    """This CPU in one line, for benchmark headers: ``AMD EPYC (SSE4.2, AVX, AVX2, FMA)``.
+
+    Benchmarks print it because their figures belong to one CPU: int8 kernels, for one, differ
+    between CPUs with and without VNNI / AMX.
+    """
+    c = cpu_info()
+    return f"{c['model'] or platform.machine()} ({', '.join(c['extensions']) or 'extensions unknown'})"
+
+
 def host_memory() -> tuple[int | None, int | None]:
     """(total, available) bytes of RAM, capped by a cgroup memory limit; None where unknown."""
     total = avail = None

@@ -164,6 +164,13 @@ def test_cpu_extensions_and_distributed_env() -> None:
     assert seen == {"RANK": "0", "SLURM_JOB_ID": "7"}
 
 
+def test_cpu_line_names_model_and_extensions(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(probe, "cpu_info", lambda: {"model": "AMD EPYC", "extensions": ["AVX2", "FMA"]})
+    assert probe.cpu_line() == "AMD EPYC (AVX2, FMA)"
+    monkeypatch.setattr(probe, "cpu_info", lambda: {"model": None, "extensions": []})
+    assert probe.cpu_line() == f"{probe.platform.machine()} (extensions unknown)"
+
+
 def test_kernel_for_interpreter(tmp_path: Path) -> None:
     exe = str(Path(sys.executable))
     specs = {
