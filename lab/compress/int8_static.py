@@ -23,9 +23,10 @@ How (PyTorch 2's own int8 path for x86 CPUs, the "PT2E" flow of torchao):
 What is saved is portable and cannot run code: one safetensors file with the int8 weights, their
 per-channel scales, the fp32 parameters that stay fp32 (embeddings, norms) and every observer's
 scale and zero point. The compiled library is *not* the artifact: it holds kernels for this CPU's
-instruction set (AVX-512 here), so ``load`` rebuilds the graph from the file and compiles it on
-the machine that runs it (about 30 s for gpt-nano on 2 cores; needs a C++ compiler). The rebuilt
-graph is checked against the calibrated one before the artifact is accepted.
+instruction set (AVX-512 with AMX on one machine here, AVX2 only on another), so ``load`` rebuilds
+the graph from the file and compiles it on the machine that runs it (about 30 s for gpt-nano on 2
+cores; needs a C++ compiler). The rebuilt graph is checked against the calibrated one before the
+artifact is accepted.
 """
 
 from __future__ import annotations
@@ -254,9 +255,9 @@ INDUCTOR_CONFIGS = {"freezing": True, "max_autotune": True, "max_autotune_gemm_b
 ``freezing`` folds the weights into constants, which lets Inductor pack them for int8 matmuls and
 fuse each quantize/dequantize pair into its neighbours. ``max_autotune`` times, per matmul, oneDNN's
 kernel (ATEN) against Inductor's generated C++ GEMM templates (AMX / AVX-512 micro-kernels, with
-the requantization fused in) and keeps the faster. Measured on gpt-nano, 1 thread, against fp32
-eager: 1.9x / 1.9x / 2.4x at batch 1 / 8 / 32 without autotuning; 2.6-3.1x / 2.0-2.1x / 2.0-2.2x
-with it. Compiling takes about 20 s longer.
+the requantization fused in) and keeps the faster. Measured on gpt-nano (Intel Xeon with AMX), 1
+thread, against fp32 eager: 1.9x / 1.9x / 2.4x at batch 1 / 8 / 32 without autotuning; 2.6-3.1x /
+2.0-2.1x / 2.0-2.2x with it. Compiling takes about 20 s longer.
 """
 
 
