@@ -29,6 +29,7 @@ from typing import Any, Mapping
 
 import torch
 
+from lab import env_probe as probe
 from lab.fileio import default_cache_dir, write_json
 
 # Published dense peaks (FLOP/s) for bf16/fp16 tensor-core math, from the vendors' data sheets.
@@ -90,9 +91,7 @@ def peak_flops(device: torch.device | str = "cpu", refresh: bool = False) -> flo
         cached = json.loads(path.read_text())
     except (OSError, ValueError):
         cached = {}
-    from lab.env_probe import cpu_info
-
-    cpu = cpu_info()
+    cpu = probe.cpu_info()
     key = f"cpu-{threads} {cpu['model']} {cpu['torch_cpu_capability']}"
     if refresh or key not in cached:
         # Keep the best probe: a busy machine only ever measures low, and an understated
@@ -392,8 +391,6 @@ def report(runs_dir: str | Path | None = None, bench: bool = False) -> EnvReport
     ``bench`` adds ``lab.bench.run()``'s measurements (a few seconds) and refreshes the cached
     CPU peak that the training throughput callback uses for MFU.
     """
-    from lab import env_probe as probe
-
     system, tinfo, cpu = probe.system_info(), probe.torch_info(), probe.cpu_info()
     reqs, py_spec = probe.lab_requirements()
     total, avail = probe.host_memory()

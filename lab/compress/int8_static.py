@@ -23,7 +23,7 @@ How (PyTorch 2's own int8 path for x86 CPUs, the "PT2E" flow of torchao):
 What is saved is portable and cannot run code: one safetensors file with the int8 weights, their
 per-channel scales, the fp32 parameters that stay fp32 (embeddings, norms) and every observer's
 scale and zero point. The compiled library is *not* the artifact: it holds kernels for this CPU's
-instruction set (AVX-512 with AMX on one machine here, AVX2 only on another), so ``load`` rebuilds
+instruction set (AMX, AVX-512 with VNNI or AVX2 only, on this project's machines), so ``load`` rebuilds
 the graph from the file and compiles it on the machine that runs it (about 30 s for gpt-nano on 2
 cores; needs a C++ compiler). The rebuilt graph is checked against the calibrated one before the
 artifact is accepted.
@@ -264,20 +264,20 @@ thread, against fp32 eager: 1.9x / 1.9x / 2.4x at batch 1 / 8 / 32 without autot
 def rebuild_from(folder: str | Path, model: nn.Module, example: torch.Tensor) -> torch.fx.GraphModule:
     """The int8 graph (eager) of a saved artifact; ``model`` is a fp32 model of the run's config."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     _require()
     path = Path(folder) / WEIGHTS_FILE
     if not path.is_file():
         raise LabError(f"{folder} has no {WEIGHTS_FILE}: not an int8-static artifact")
-    with safe_open(str(path), framework="pt") as f:
+    with safe_open(str(path), framework="pt") as f:  # metadata and tensors in one read
         meta = json.loads((f.metadata() or {}).get("lab", "{}"))
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
     seven_bit = bool(meta.get("seven_bit_activations", False))
     if not seven_bit and seven_bit_activations():
         raise LabError(f"{path} was calibrated with 8-bit activations, for CPUs with VNNI; this CPU has no VNNI, "
                        "where its int8 matmuls would saturate and give wrong outputs: run lab compress "
                        "--method int8-static on this machine, or use --method onnx-int8")
-    return rebuild(load_file(str(path)), model.eval(), example, seven_bit)
+    return rebuild(tensors, model.eval(), example, seven_bit)
 
 
 def compiled(graph: torch.fx.GraphModule, example: torch.Tensor, block_size: int | None
