@@ -99,6 +99,14 @@ def test_classifier_confusion_matrix(cnn_run: runs.Run) -> None:
     png = cnn_run.reports_dir / "confusion-best.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r["cost"]["input_shape"] == [1, 8, 8]
+    # the same matrix goes to the run's TensorBoard as an image, beside the eval scalars
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(cnn_run.path), size_guidance={"images": 0})
+    acc.Reload()
+    assert "eval/best/confusion_matrix" in acc.Tags()["images"]
+    assert acc.Images("eval/best/confusion_matrix")[-1].encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
+    assert runs.scalars(cnn_run)["eval/best/test/accuracy"][-1][2] == pytest.approx(q["accuracy"])
 
 
 def test_regressor_figures(root: Path) -> None:
