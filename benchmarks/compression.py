@@ -8,8 +8,8 @@ Two language models are trained inside the benchmark on the bundled corpus (char
 
 - ``gpt-nano``: the default preset (4 layers, 128 wide, block 64, 0.8M parameters),
   ``--nano-steps`` steps (the preset's 1,500 by default);
-- ``gpt-10m``: 6 layers, 6 heads, 384 wide, block 128 (10.7M parameters, nanoGPT's
-  shakespeare-char shape), only ``--large-steps`` steps (about 1 s each on 2 cores): far from
+- ``gpt-10m``: the preset of that name, 6 layers, 6 heads, 384 wide, block 128 (10.7M parameters,
+  nanoGPT's shakespeare-char width and depth), only ``--large-steps`` steps (about 1 s each on 2 cores): far from
   converged, but every quality delta is relative to its own fp32 model.
 
 The teachers train with ``--train-threads`` (default: torch's choice); everything
@@ -55,11 +55,7 @@ from lab.config import load_config  # noqa: E402
 from lab.env_probe import cpu_line  # noqa: E402
 from lab.train import fit  # noqa: E402
 
-MODELS = {
-    "nano": ("gpt-nano", {}),
-    "10m": ("gpt-10m", {"model.n_layer": 6, "model.n_head": 6, "model.n_embd": 384, "model.block_size": 128,
-                        "optimizer.lr": 1e-3, "optimizer.warmup_steps": 10}),
-}
+MODELS = {"nano": "gpt-nano", "10m": "gpt-10m"}  # --models key -> preset
 INT8 = ("int8-dynamic", "int8-static", "onnx-int8")
 GOALS = {"int8_speedup": 2.0, "int8_loss_rel": 0.01, "int8_size": 0.3,
          "distill_params": 0.5, "distill_speedup": 1.8, "distill_keep": 0.97}
@@ -73,13 +69,11 @@ def _load() -> str:
 
 
 def train(key: str, steps: int, root: Path) -> Any:
-    name, extra = MODELS[key]
-    overrides = {"experiment": name, "trainer.max_steps": steps, "trainer.val_check_interval": steps,
-                 "trainer.limit_val_batches": 4, **extra}
+    overrides = {"trainer.max_steps": steps, "trainer.val_check_interval": steps, "trainer.limit_val_batches": 4}
     if steps < 200:
         overrides.setdefault("optimizer.warmup_steps", max(1, steps // 5))
     start = time.time()
-    run = fit(load_config("gpt-nano", overrides), runs_root=root, progress=False, test=False)
+    run = fit(load_config(MODELS[key], overrides), runs_root=root, progress=False, test=False)
     print(f"trained {run.name}: {run.summary['model']['params']:,} params, {steps} steps, "
           f"best val/loss {run.summary['best']['val/loss']:.3f} in {time.time() - start:.0f}s", flush=True)
     return run

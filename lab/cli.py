@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
         return p
 
     p = add("fit", "Train a model from a preset or YAML config.", cmd_fit, overrides=True)
-    p.add_argument("--config", default="gpt-nano", help="preset name (gpt-nano, gpt2-124m, digits-cnn, seed-mlp) or YAML path")
+    p.add_argument("--config", default="gpt-nano", help="preset name (gpt-nano, gpt-10m, gpt2-124m, digits-cnn, digits-vit, seed-mlp) or YAML path")
     p.add_argument("--print_config", action="store_true", help="print the fully resolved config and exit")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue RUN (or 'last': the newest run of --config's experiment) from its newest intact checkpoint")

@@ -10,7 +10,7 @@ from lab.errors import ConfigError, LabError
 
 
 def test_presets_exist_and_load() -> None:
-    assert {"gpt-nano", "gpt2-124m", "digits-cnn", "seed-mlp"} <= set(list_presets())
+    assert {"gpt-nano", "gpt-10m", "gpt2-124m", "digits-cnn", "seed-mlp"} <= set(list_presets())
     for name in list_presets():
         cfg = load_config(name)
         assert cfg.experiment == name
@@ -118,3 +118,23 @@ def test_unknown_top_level_key(tmp_path) -> None:
 
 def test_config_defaults_are_valid() -> None:
     assert Config().to_dict()["model"]["name"] == "gpt"
+
+
+def test_gpt_10m_preset_is_a_10m_gpt_on_the_bundled_characters() -> None:
+    # The larger GPT of the compression goals ("at least 10M parameters"), counted with the
+    # character vocabulary of the corpus it trains on by default.
+    import dataclasses
+
+    import torch
+
+    from lab.data.text import bundled_corpus
+    from lab.models import build_model
+
+    cfg = load_config("gpt-10m")
+    assert cfg.data.path is None and cfg.data.tokenizer == "char"
+    vocab = len(set(bundled_corpus()))
+    with torch.device("meta"):
+        model = build_model(dataclasses.replace(cfg.model, vocab_size=vocab))
+    assert model.num_params() >= 10_000_000
+    assert model.num_params() > 10 * build_model(dataclasses.replace(load_config("gpt-nano").model,
+                                                                      vocab_size=vocab)).num_params()
