@@ -124,9 +124,9 @@ def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
     if not found:
         print(f"no runs under {runs_root(args.runs_dir)} yet: try `lab quickstart`")
         return 0
-    rows = [{"run": r.name, "status": r.status, "model": r.summary.get("model", {}).get("name"),
-             "params": r.summary.get("model", {}).get("params"), "steps": r.summary.get("step"),
-             "best val/loss": r.summary.get("best", {}).get("val/loss"),
+    rows = [{"run": r.name, "status": r.status, "model": (r.summary.get("model") or {}).get("name"),
+             "params": (r.summary.get("model") or {}).get("params"), "steps": r.summary.get("step"),
+             "best val/loss": (r.summary.get("best") or {}).get("val/loss"),
              "wall (s)": r.summary.get("wall_time_s")} for r in found]
     print(table(rows, list(rows[0])))
     for note in filter(None, map(status_note, found)):

@@ -39,11 +39,14 @@ import yaml
 from lab import procs
 from lab.errors import LabError
 from lab.fileio import atomic_write_text, write_json
+from lab.tfevents import read_scalars
 
 SUMMARY, CONFIG, TOKENIZER = "summary.json", "config.yaml", "tokenizer.json"
 STATUSES = ("running", "completed", "failed", "interrupted")
 """What summary.json may say. ``Run.status`` adds ``crashed``: it says running, but its process is gone."""
 CRASHED = "crashed"
+UNREADABLE = "unreadable"
+"""``Run.status`` of a folder the lab cannot read (corrupt files) or refuses (a link out of the root)."""
 # libyaml's safe loader when PyYAML was built with it: same result, ~10x faster, and listing
 # hundreds of runs (lab runs, the dashboard) is mostly parsing config.yaml files.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -64,6 +67,10 @@ class Run:
     """The resolved config (plain data) the run was started with."""
     summary: dict[str, Any] = field(default_factory=dict)
     """The contents of summary.json."""
+    problem: str | None = None
+    """Why this folder cannot be used, in one line (``unreadable: ...``, ``refused: ...``); None when it can.
+
+    Listings keep such runs as one row each, so one corrupt run never hides the others."""
 
     @property
     def name(self) -> str:
@@ -85,6 +92,8 @@ class Run:
         A SIGKILL, the out-of-memory killer or a reboot leave no chance to write an end; the
         process identity ``fit`` recorded tells (``lab.procs``). Its ``last.ckpt`` resumes it.
         """
+        if self.problem is not None:
+            return UNREADABLE
         status = self.summary.get("status", "unknown")
         return CRASHED if status == "running" and self.process_alive() is False else status
 
@@ -126,15 +135,24 @@ class Run:
 
 
 def status_note(run: Run) -> str | None:
-    """What to do about a run that stopped early (crashed or interrupted); None otherwise."""
-    resume = f"`lab fit --resume {run.name}` continues it from its newest checkpoint"
+    """What to do about a run that stopped early (crashed, interrupted) or cannot be read; None otherwise.
+
+    Resuming is offered only when the run has a checkpoint to resume from.
+    """
     status = run.status
+    if status == UNREADABLE:
+        return f"{run.name} is skipped, {run.problem}"
+    if status not in (CRASHED, "interrupted"):
+        return None
+    if any(run.checkpoint(w).is_file() and run.checkpoint(w).stat().st_size > 0 for w in ("last", "best")):
+        advice = f"`lab fit --resume {run.name}` continues it from its newest checkpoint"
+    else:
+        advice = (f"it saved no checkpoint before it stopped, so there is nothing to resume: start it again with "
+                  f"`lab fit --config {run.path / CONFIG}`")
     if status == CRASHED:
         return (f"{run.name} crashed: its process ({procs.describe(run.summary.get('process'))}) is gone without "
-                f"a word (killed with kill -9, out of memory, or the machine restarted); {resume}")
-    if status == "interrupted":
-        return f"{run.name} was interrupted (Ctrl-C, SIGTERM or a Stop button) after saving last.ckpt; {resume}"
-    return None
+                f"a word (killed with kill -9, out of memory, or the machine restarted); {advice}")
+    return f"{run.name} was interrupted (Ctrl-C, SIGTERM or a Stop button); {advice}"
 
 
 def now_iso() -> str:
@@ -176,29 +194,90 @@ def update_summary(run: Run, **fields: Any) -> dict[str, Any]:
     return run.summary
 
 
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        config = yaml.load(path.read_text(encoding="utf-8"), Loader=_YAML_LOADER)
+    except UnicodeDecodeError:
+        raise LabError(f"unreadable: {path} is not UTF-8 text")
+    except yaml.YAMLError as e:
+        # The safe loader refuses !!python tags too: the same one line as a syntax error.
+        raise LabError(f"unreadable: {path} is not valid YAML ({' '.join(str(e).split())[:160]})")
+    except OSError as e:
+        raise LabError(f"unreadable: {path}: {e.strerror}")
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise LabError(f"unreadable: {path} holds a {type(config).__name__}, not a mapping of config sections")
+    return config
+
+
+def _read_summary(path: Path) -> dict[str, Any]:
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}  # a run still starting
+    except UnicodeDecodeError:
+        raise LabError(f"unreadable: {path} is not UTF-8 text")
+    except json.JSONDecodeError:
+        return {}  # only ever half-written by a foreign tool: the lab writes it atomically
+    except OSError as e:
+        raise LabError(f"unreadable: {path}: {e.strerror}")
+    if not isinstance(summary, dict):
+        raise LabError(f"unreadable: {path} holds a JSON {type(summary).__name__}, not an object")
+    return summary
+
+
 def load_run(path: str | Path) -> Run:
-    """Read a run folder (config.yaml and summary.json; either may be missing while it starts)."""
+    """Read a run folder (config.yaml and summary.json; either may be missing while it starts).
+
+    A corrupt file (a YAML tag or syntax error, binary bytes, summary.json of the wrong shape)
+    is a ``LabError`` of one line starting ``unreadable:``.
+    """
     path = Path(path)
     if not path.is_dir() or not ((path / CONFIG).exists() or (path / SUMMARY).exists()):
         raise LabError(f"{path} is not a run folder (no {CONFIG} or {SUMMARY}); `lab runs` lists the runs")
-    config = yaml.load((path / CONFIG).read_text(encoding="utf-8"), Loader=_YAML_LOADER) if (path / CONFIG).exists() else {}
+    config = _read_config(path / CONFIG) if (path / CONFIG).exists() else {}
+    return Run(path, config=config, summary=_read_summary(path / SUMMARY))
+
+
+def _outside(path: Path, base: Path) -> bool:
+    resolved = path.resolve()
+    return resolved != base and base not in resolved.parents
+
+
+def _listed(run_dir: Path, base: Path) -> Run:
+    """One listing entry: the run, or a Run whose ``problem`` says why it cannot be used."""
+    if _outside(run_dir, base):
+        return Run(run_dir, problem=f"refused: links to {run_dir.resolve()}, outside the runs root {base}")
     try:
-        summary = json.loads((path / SUMMARY).read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        summary = {}
-    return Run(path, config=config or {}, summary=summary)
+        return load_run(run_dir)
+    except LabError as e:
+        return Run(run_dir, problem=str(e))
+
+
+def _run_dirs(base: Path) -> list[Path]:
+    """Folders that look like runs (they hold config.yaml or summary.json), by experiment."""
+    found = []
+    for exp in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        try:
+            children = list(exp.iterdir())
+        except OSError:
+            continue
+        found += [d for d in children if d.is_dir() and ((d / CONFIG).exists() or (d / SUMMARY).exists())]
+    return found
 
 
 def list_runs(root: str | Path | None = None) -> list[Run]:
-    """Every run under the root, oldest first (by run id, which starts with the UTC time)."""
+    """Every run under the root, oldest first (by run id, which starts with the UTC time).
+
+    Never fails because of one run: a folder it cannot read, or one that links out of the
+    root, comes back with ``problem`` set (status ``unreadable``) and no data from it.
+    """
     base = runs_root(root)
     if not base.is_dir():
         return []
-    found = []
-    for exp in sorted(p for p in base.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        for run_dir in exp.iterdir():
-            if run_dir.is_dir() and ((run_dir / CONFIG).exists() or (run_dir / SUMMARY).exists()):
-                found.append(load_run(run_dir))
+    resolved = base.resolve()
+    found = [_listed(d, resolved) for d in _run_dirs(base)]
     return sorted(found, key=lambda r: (r.run_id, r.experiment))
 
 
@@ -216,38 +295,36 @@ def resolve_run(name: str | Path, root: str | Path | None = None) -> Run:
         # Paths are never URL-decoded here; refusing "%2e%2e" keeps a decoding layer in front
         # (a browser, the dashboard's URL) from smuggling ".." past this check.
         raise LabError(f"run name {text!r} contains URL-encoded characters: give the plain name from `lab runs`")
-    runs = list_runs(base)
     if text == "last":
-        if not runs:
-            raise LabError(f"no runs under {base}: train one with `lab fit` or `lab quickstart`")
-        return runs[-1]
+        # Only the newest readable run is opened: a corrupt older run does not matter here.
+        for run_dir in sorted(_run_dirs(base), key=lambda d: (d.name, d.parent.name), reverse=True):
+            run = _listed(run_dir, base)
+            if run.problem is None:
+                return run
+        raise LabError(f"no readable runs under {base}: train one with `lab fit` or `lab quickstart`")
     candidate = Path(text)
     if not candidate.is_absolute():
         direct = base / candidate
-        by_id = [r for r in runs if r.run_id == text]
-        if not direct.exists() and len(by_id) == 1:
-            direct = by_id[0].path
-        elif not direct.exists() and candidate.exists():
+        if not direct.exists() and "/" not in text and "\\" not in text:
+            by_id = [d for d in _run_dirs(base) if d.name == text]  # names only: no other run is read
+            if len(by_id) == 1:
+                direct = by_id[0]
+            elif len(by_id) > 1:
+                raise LabError(f"run id {text!r} is in several experiments "
+                               f"({', '.join(d.parent.name for d in by_id)}): name it as <experiment>/{text}")
+        if not direct.exists() and candidate.exists():
             direct = candidate  # a path relative to the working directory, e.g. runs/exp/id
         candidate = direct
-    resolved = candidate.resolve()
-    if resolved != base and base not in resolved.parents:
+    if _outside(candidate, base):
         raise LabError(f"run {text!r} resolves outside the runs root {base}; name a run listed by `lab runs`")
-    return load_run(resolved)
+    return load_run(candidate.resolve())
 
 
 def scalars(run: Run | str | Path) -> dict[str, list[tuple[int, float, float]]]:
-    """Every scalar curve of a run: ``{tag: [(step, wall_time, value), ...]}``.
+    """Every scalar curve of a run: ``{tag: [(step, wall_time, value), ...]}``, each step once.
 
-    Read with TensorBoard's event-processing API; a run still being written, or whose
-    last record is truncated, yields every complete record.
+    The one way the lab reads curves (notebooks, widgets, dashboard, tests): ``lab.tfevents``,
+    which applies TensorBoard's purges, so a resumed run's curve never folds back. A run still
+    being written, or whose last record is truncated, yields every complete record.
     """
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    path = run.path if isinstance(run, Run) else Path(run)
-    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
-    try:
-        acc.Reload()
-    except Exception:  # a truncated record at the end of a file being written
-        pass
-    return {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags().get("scalars", [])}
+    return read_scalars(run.path if isinstance(run, Run) else Path(run))

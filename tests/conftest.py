@@ -100,3 +100,58 @@ def _three_runs(base: Any) -> Any:
 def three_runs() -> Callable[[Any], Any]:
     """``three_runs(folder)`` trains the dashboard tests' runs there (each module keeps its own copy)."""
     return _three_runs
+
+
+CORRUPT_RUNS = {
+    "yaml-tag": ("config.yaml", b"model: !!python/object/apply:os.system ['echo pwned']\n"),
+    "yaml-syntax": ("config.yaml", b"model: {name: gpt\ntrainer: [1, 2\n"),
+    "binary": ("config.yaml", bytes(range(256)) * 4),
+    "summary-list": ("summary.json", b'[1, 2, "not an object"]'),
+}
+"""One corrupt run of each kind issue 18 names: experiment name -> (file, its bytes)."""
+
+
+def add_corrupt_runs(root: Any, outside: Any = None) -> list[str]:
+    """Write one corrupt run of each kind under ``root`` (plus, given ``outside``, a run folder
+    there and a symlinked run in ``root`` pointing at it); returns their ``<exp>/<id>`` names."""
+    from pathlib import Path
+
+    root = Path(root)
+    names = []
+    for exp, (file, data) in CORRUPT_RUNS.items():
+        run_dir = root / exp / "20990101-000000-bad0"
+        run_dir.mkdir(parents=True)
+        (run_dir / file).write_bytes(data)
+        if file == "summary.json":
+            (run_dir / "config.yaml").write_text("seed: 1\n")
+        names.append(f"{exp}/{run_dir.name}")
+    if outside is not None:
+        target = Path(outside) / "secret-run"
+        target.mkdir(parents=True)
+        (target / "config.yaml").write_text("experiment: secret\nseed: 7\n")
+        (target / "summary.json").write_text('{"status": "completed", "error": "outside data"}')
+        (root / "linked").mkdir(parents=True)
+        (root / "linked" / "20990101-000000-link").symlink_to(target, target_is_directory=True)
+        names.append("linked/20990101-000000-link")
+    return names
+
+
+@pytest.fixture
+def corrupt_runs() -> Callable[..., list[str]]:
+    """``corrupt_runs(root, outside=None)``: see ``add_corrupt_runs``."""
+    return add_corrupt_runs
+
+
+def _tensorboard_scalars(path: Any) -> dict[str, list[tuple[int, float, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(path), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.wall_time, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.fixture(scope="session")
+def tensorboard_scalars() -> Callable[[Any], dict[str, list[tuple[int, float, float]]]]:
+    """``tensorboard_scalars(run_dir)``: TensorBoard's own reader (EventAccumulator, its purges
+    included), the reference ``lab.tfevents`` is checked against."""
+    return _tensorboard_scalars

@@ -95,7 +95,11 @@ def test_runs_says_which_runs_crashed_and_how_to_resume(tmp_path: Path, capsys: 
     child.wait()
     assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert f"{run.name}  crashed" in out and f"lab fit --resume {run.name}" in out
+    assert f"{run.name}  crashed" in out and "nothing to resume" in out and "--resume" not in out
+    run.checkpoints_dir.mkdir()
+    run.checkpoint("last").write_bytes(b"a checkpoint")
+    assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
+    assert f"lab fit --resume {run.name}" in capsys.readouterr().out
 
 
 def test_readme_opens_with_the_two_commands() -> None:
@@ -120,3 +124,25 @@ def test_quickstart_console_script(tmp_path: Path) -> None:
     assert "💡" not in proc.stderr + proc.stdout and "LeafSpec" not in proc.stderr  # ...its adverts do not
     (run,) = runs.list_runs(tmp_path / "runs")
     assert run.status == "completed"
+
+
+def test_lab_runs_lists_corrupt_runs_as_rows_and_evaluates_a_good_one(tmp_path: Path, tiny_gpt_run, corrupt_runs,
+                                                                      capsys: pytest.CaptureFixture) -> None:
+    import shutil
+
+    root = tmp_path / "runs"
+    shutil.copytree(tiny_gpt_run.path, root / tiny_gpt_run.name)
+    bad = corrupt_runs(root, outside=tmp_path / "elsewhere")
+    assert main(["runs", "--runs_dir", str(root)]) == 0
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = out.splitlines()
+    for name in bad:
+        row = next(line for line in lines if line.startswith(name))
+        assert "unreadable" in row
+        assert any(line.startswith(f"{name} is skipped, ") for line in lines)
+    assert any(line.startswith(tiny_gpt_run.name) and "completed" in line for line in lines)
+    assert "outside data" not in out
+    # A command about one good run does not read the corrupt ones.
+    assert main(["evaluate", tiny_gpt_run.name, "--runs_dir", str(root), "--max_batches", "1", "--repeats", "1"]) == 0
+    assert main(["sample", "last", "--runs_dir", str(root), "--tokens", "5"]) == 0

@@ -118,7 +118,11 @@ def test_a_running_run_whose_process_died_reads_crashed(tmp_path: Path, other_pr
     crashed = runs.load_run(run.path)
     assert crashed.status == runs.CRASHED == "crashed"
     note = runs.status_note(crashed)
-    assert f"pid {ident['pid']}" in note and f"lab fit --resume {run.name}" in note
+    # No checkpoint yet: resuming is not offered, starting again is.
+    assert f"pid {ident['pid']}" in note and "--resume" not in note and "nothing to resume" in note
+    run.checkpoints_dir.mkdir()
+    run.checkpoint("last").write_bytes(b"x")
+    assert f"lab fit --resume {run.name}" in runs.status_note(runs.load_run(run.path))
     # Ended runs keep their status; a run without a recorded process (older lab) or one on
     # another host cannot be judged from here and keeps saying running.
     runs.update_summary(run, status="completed")
@@ -127,3 +131,38 @@ def test_a_running_run_whose_process_died_reads_crashed(tmp_path: Path, other_pr
     assert runs.load_run(run.path).status == "running"
     runs.update_summary(run, status="running", process={**ident, "host": "elsewhere"})
     assert runs.load_run(run.path).status == "running"
+
+
+def test_a_corrupt_run_is_one_unreadable_row_and_never_breaks_the_listing(tmp_path: Path, corrupt_runs) -> None:
+    root, outside = tmp_path / "runs", tmp_path / "elsewhere"
+    good = runs.create_run(root, "good", {"seed": 1})
+    runs.update_summary(good, status="completed")
+    bad = corrupt_runs(root, outside=outside)
+    listed = {r.name: r for r in runs.list_runs(root)}
+    assert set(listed) == {good.name, *bad}
+    assert listed[good.name].status == "completed" and listed[good.name].problem is None
+    for name in bad:
+        run = listed[name]
+        assert run.status == runs.UNREADABLE and run.config == {} and run.summary == {}
+        assert run.problem.startswith(("unreadable:", "refused:")) and "\n" not in run.problem
+        assert runs.status_note(run) == f"{name} is skipped, {run.problem}"
+    assert "not valid YAML" in listed["yaml-tag/20990101-000000-bad0"].problem
+    assert "not UTF-8" in listed["binary/20990101-000000-bad0"].problem
+    assert "JSON list" in listed["summary-list/20990101-000000-bad0"].problem
+    # The outside folder's data never shows: the link is refused, not followed.
+    assert "outside the runs root" in listed["linked/20990101-000000-link"].problem
+
+
+def test_naming_one_run_reads_only_that_run(tmp_path: Path, corrupt_runs) -> None:
+    root = tmp_path / "runs"
+    good = runs.create_run(root, "good", {"seed": 1})
+    corrupt_runs(root, outside=tmp_path / "elsewhere")
+    assert runs.resolve_run(good.name, root).config == {"seed": 1}
+    assert runs.resolve_run(good.run_id, root).path == good.path.resolve()
+    # 'last' skips the newer corrupt runs (their ids sort after the good one's).
+    assert runs.resolve_run("last", root).path == good.path.resolve()
+    for name, words in [("yaml-tag/20990101-000000-bad0", "not valid YAML"),
+                        ("summary-list/20990101-000000-bad0", "JSON list"),
+                        ("linked/20990101-000000-link", "outside the runs root")]:
+        with pytest.raises(LabError, match=words):
+            runs.resolve_run(name, root)
