@@ -204,8 +204,8 @@ def tokens_per_step(run: Run) -> tuple[int, str]:
 
 
 def scalars(run: Run) -> dict[str, list[tuple[int, float, float]]]:
-    """A run's scalar curves (lab.tfevents: the fast reader)."""
-    return read_events(run.path, texts=False).scalars
+    """A run's scalar curves (``lab.runs.scalars``: the one curve reader)."""
+    return runs_mod.scalars(run)
 
 
 def tag_order(tags: Iterable[str]) -> list[str]:

@@ -11,6 +11,13 @@ the dashboard reads hundreds of runs. Here each record is framed by hand (TFReco
 length, u32 length-CRC, payload, u32 payload-CRC) and only the ``Event`` proto is decoded
 (protobuf's C implementation). CRCs are not checked -- a truncated last record (a run still
 being written) is simply where reading stops, which is what the accumulator does too.
+
+Resumed runs: ``lab fit --resume`` opens a new event file with ``purge_step`` = the step it
+resumes from; TensorBoard marks that with a ``SessionLog.START`` event, and every point
+read so far at that step or later is dropped (the killed process wrote them past its last
+checkpoint, and the resumed one writes them again). Files written without a version
+(before ``brain.Event:2``) use TensorBoard's older rule: a step going backwards in one tag
+drops that tag's points from there on. So each step comes back once, as TensorBoard shows it.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from tensorboard.compat.proto import event_pb2
 
@@ -36,8 +44,16 @@ class Events:
 
 
 def event_files(run_dir: str | Path) -> list[Path]:
-    """The ``events.out.tfevents.*`` files directly in a run folder, oldest first."""
-    return sorted(Path(run_dir).glob("events.out.tfevents.*"))
+    """The ``events.out.tfevents.*`` files directly in a run folder, oldest first.
+
+    By the creation time in the name (``events.out.tfevents.<unix seconds>.<host>.<pid>.<n>``),
+    then by name: the order TensorBoard reads them in, which purging depends on.
+    """
+    def order(p: Path) -> tuple[int, str]:
+        stamp = p.name.split(".")[3] if p.name.count(".") >= 3 else ""
+        return (int(stamp) if stamp.isdigit() else 0, p.name)
+
+    return sorted(Path(run_dir).glob("events.out.tfevents.*"), key=order)
 
 
 def _records(data: bytes):
@@ -51,11 +67,29 @@ def _records(data: bytes):
         i = start + length + 4
 
 
+_START = event_pb2.SessionLog.START
+
+
+def _version(text: str) -> float:
+    """``"brain.Event:2"`` -> 2.0 (TensorBoard's own parse); -1 when unreadable."""
+    try:
+        return float(text.split("brain.Event:")[-1])
+    except ValueError:
+        return -1.0
+
+
+def _purge(series: dict[str, list], step: int, tags: Any = None) -> None:
+    """Drop points at ``step`` or later (of ``tags`` only, when given)."""
+    for tag in list(series) if tags is None else [t for t in tags if t in series]:
+        series[tag] = [p for p in series[tag] if p[0] < step]
+
+
 def read_events(run_dir: str | Path, texts: bool = True) -> Events:
-    """Every scalar (and, with ``texts``, every text summary) of a run's event files."""
+    """Every scalar (and, with ``texts``, every text summary) of a run's event files, purges applied."""
     out = Events()
     scal, txt = out.scalars, out.texts
     parse = event_pb2.Event.FromString
+    versioned, newest = False, -1
     for path in event_files(run_dir):
         try:
             data = path.read_bytes()
@@ -66,9 +100,24 @@ def read_events(run_dir: str | Path, texts: bool = True) -> Events:
                 ev = parse(rec)
             except Exception:  # a corrupt record: skip it, keep the rest of the curve
                 continue
+            step = int(ev.step)
+            if ev.file_version:
+                versioned = _version(ev.file_version) >= 2
+                continue
+            if versioned and ev.HasField("session_log") and ev.session_log.status == _START:
+                _purge(scal, step)
+                _purge(txt, step)
+                continue
             if not ev.HasField("summary"):
                 continue
-            step, wall = int(ev.step), float(ev.wall_time)
+            if not versioned:
+                if step < newest:
+                    tags = [v.tag for v in ev.summary.value]
+                    _purge(scal, step, tags)
+                    _purge(txt, step, tags)
+                else:
+                    newest = step
+            wall = float(ev.wall_time)
             for v in ev.summary.value:
                 kind = v.WhichOneof("value")
                 if kind == "simple_value":

@@ -91,9 +91,9 @@ def test_resolve_many(root: Path) -> None:
     assert len(errors) == 2 and "outside the runs root" in errors[0]
 
 
-def test_fast_reader_matches_tensorboard(root: Path) -> None:
+def test_fast_reader_matches_tensorboard(root: Path, tensorboard_scalars) -> None:
     for run in runs_mod.list_runs(root):
-        ours, theirs = read_scalars(run.path), runs_mod.scalars(run)
+        ours, theirs = read_scalars(run.path), tensorboard_scalars(run.path)
         assert set(ours) == set(theirs) and "train/loss" in ours
         for tag in theirs:  # same steps, same values (approx takes flat sequences only since pytest 9.2)
             assert [s for s, _, _ in ours[tag]] == [s for s, _, _ in theirs[tag]]

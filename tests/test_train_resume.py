@@ -65,7 +65,7 @@ def _curve(run_dir: Path, tag: str = "train/loss") -> list[tuple[int, float]]:
 
 
 @pytest.mark.slow
-def test_kill_9_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
+def test_kill_9_and_resume_equals_uninterrupted_run(tmp_path: Path, tensorboard_scalars) -> None:
     straight = _lab("fit", *RESUME, root=tmp_path / "a")
     assert straight.wait(300) == 0, _err(straight)
     (reference,) = runs.list_runs(tmp_path / "a")
@@ -88,6 +88,12 @@ def test_kill_9_and_resume_equals_uninterrupted_run(tmp_path: Path) -> None:
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "final weights differ from the uninterrupted run"
     assert _curve(run_dir) == _curve(reference.path)  # same steps, same values: none missing, none twice
+    # The killed process wrote steps past its last checkpoint; the resume purged and rewrote them.
+    theirs = tensorboard_scalars(run_dir)
+    for tag, points in runs.scalars(run).items():
+        steps = [s for s, _, _ in points]
+        assert len(steps) == len(set(steps)) and steps == sorted(steps), tag
+        assert points == theirs[tag], tag
     assert _curve(run_dir, "val/loss") == _curve(reference.path, "val/loss")
 
 
