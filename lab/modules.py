@@ -31,8 +31,14 @@ def per_stage(make: Callable[[], nn.Module]) -> nn.ModuleDict:
     return nn.ModuleDict({f"{s}_": make() for s in STAGES})
 
 
-def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device) -> torch.optim.Optimizer:
-    """AdamW with weight decay on matrices only (not biases, norms), or SGD with momentum."""
+def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device,
+                    precision: str = "32-true") -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms), or SGD with momentum.
+
+    ``precision``: the Trainer's. Under ``*-mixed`` AdamW is not fused: a fused optimizer
+    unscales gradients inside its own step, so Lightning cannot clip them before it (it
+    refuses with "does not allow for gradient clipping"), and the configs clip by default.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -42,7 +48,8 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device
     ]
     # The fused kernel updates all tensors in one pass; on CPU it measured faster than the
     # foreach path too (benchmarks/train_throughput.py). Other devices keep the default.
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=device.type in ("cuda", "cpu"))
+    fused = device.type in ("cuda", "cpu") and not str(precision).endswith("-mixed")
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), fused=fused)
 
 
 def lr_lambda(cfg: OptimizerConfig, max_steps: int) -> Callable[[int], float]:
@@ -111,7 +118,8 @@ class LabModule(L.LightningModule):
         self._step(batch, "test")
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt = build_optimizer(self.model, self.optimizer_config, self.device)
+        precision = self.trainer.precision if self._trainer is not None else "32-true"
+        opt = build_optimizer(self.model, self.optimizer_config, self.device, precision)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(self.optimizer_config, self.max_steps))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 

@@ -148,3 +148,52 @@ def test_lr_find_sweeps_the_range_without_a_run_folder(tmp_path, monkeypatch) ->
     assert len(lrs) == 20 and all(a < b for a, b in zip(lrs, lrs[1:]))
     assert 1e-4 <= finder.suggestion() <= 1.0
     assert list(tmp_path.iterdir()) == []  # nothing written where it ran
+
+
+# Each model family shrunk to a few seconds of training: the precision under test is what matters.
+SHRINK = {
+    "gpt": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32, "model.vocab_size": None},
+    "vit": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2},
+    "cnn": {"model.channels": [4, 8], "model.hidden": 16},
+    "mlp": {},
+}
+FEW_STEPS = {"trainer.max_steps": 4, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
+             "trainer.log_every_n_steps": 1, "trainer.accelerator": "cpu", "optimizer.warmup_steps": 1}
+
+
+def _trains(preset: str, root: Path, **extra: object) -> runs.Run:
+    name = load_config(preset).model.name
+    cfg = load_config(preset, {**SHRINK[name], **FEW_STEPS, **extra})
+    run = fit(cfg, runs_root=root, progress=False, test=False)
+    assert run.status == "completed" and run.summary["step"] == 4
+    losses = [v for _, _, v in runs.scalars(run)["train/loss"]]
+    assert len(losses) == 4 and all(math.isfinite(v) for v in losses)
+    return run
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed", "bf16-true"])
+def test_every_cpu_precision_trains_with_gradient_clipping(tmp_path: Path, precision: str) -> None:
+    run = _trains("gpt-nano", tmp_path, **{"trainer.precision": precision})
+    assert run.config["trainer"]["precision"] == precision
+    assert run.config["trainer"]["gradient_clip_val"] == 1.0  # clipping on: the case that crashed
+
+
+def test_sixteen_bit_mixed_trains_on_cpu_with_its_grad_scaler(tmp_path: Path) -> None:
+    _trains("gpt-nano", tmp_path, **{"trainer.precision": "16-mixed"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["gpt-nano", "gpt-10m", "gpt2-124m", "digits-cnn", "digits-vit", "seed-mlp"])
+def test_every_preset_trains_a_few_steps_in_its_own_precision(tmp_path: Path, preset: str) -> None:
+    from lab.config import list_presets
+
+    assert preset in list_presets()
+    own = load_config(preset).trainer.precision
+    run = _trains(preset, tmp_path)
+    assert run.config["trainer"]["precision"] == own
+
+
+def test_the_preset_list_above_is_every_preset() -> None:
+    from lab.config import list_presets
+
+    assert sorted(list_presets()) == sorted(["gpt-nano", "gpt-10m", "gpt2-124m", "digits-cnn", "digits-vit", "seed-mlp"])
