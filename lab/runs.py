@@ -52,9 +52,34 @@ UNREADABLE = "unreadable"
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+RUNS_DIR_ENV = "LAB_RUNS_DIR"
+
+
 def runs_root(root: str | Path | None = None) -> Path:
-    """The runs root: ``root`` if given, else ``$LAB_RUNS_DIR``, else ``./runs``."""
-    return Path(root if root is not None else os.environ.get("LAB_RUNS_DIR", "runs"))
+    """The runs root, by one rule everywhere (CLI, notebooks, widgets, dashboard):
+
+    ``root`` if given, else ``$LAB_RUNS_DIR``, else ``runs/`` of the lab's repository when the
+    working directory is inside it (a kernel in ``notebooks/`` and a terminal at the top see
+    the same runs), else ``./runs``.
+    """
+    if root is not None:
+        return Path(root)
+    if os.environ.get(RUNS_DIR_ENV):
+        return Path(os.environ[RUNS_DIR_ENV])
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if _is_lab_repository(folder):
+            return folder / "runs"
+    return Path("runs")
+
+
+def _is_lab_repository(folder: Path) -> bool:
+    """The lab's own checkout: its pyproject.toml names the package and ``lab/`` sits beside it."""
+    try:
+        return (folder / "lab" / "runs.py").is_file() and \
+            'name = "large-model-lab"' in (folder / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return False
 
 
 @dataclass

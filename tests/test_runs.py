@@ -166,3 +166,30 @@ def test_naming_one_run_reads_only_that_run(tmp_path: Path, corrupt_runs) -> Non
                         ("linked/20990101-000000-link", "outside the runs root")]:
         with pytest.raises(LabError, match=words):
             runs.resolve_run(name, root)
+
+
+def test_one_runs_root_from_any_folder_of_the_repository(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    from lab.cli import main
+    from lab.widgets import workshop
+
+    repo = tmp_path / "checkout"
+    (repo / "lab").mkdir(parents=True)
+    (repo / "lab" / "runs.py").write_text("")
+    (repo / "notebooks").mkdir()
+    (repo / "pyproject.toml").write_text('[project]\nname = "large-model-lab"\n')
+    monkeypatch.delenv("LAB_RUNS_DIR", raising=False)
+    monkeypatch.chdir(repo)
+    run = runs.create_run(None, "gpt-nano", {"seed": 1})
+    assert run.path.parent.parent == repo / "runs"
+    # A kernel's working directory is notebooks/: the same root, so a notebook's hint works there.
+    monkeypatch.chdir(repo / "notebooks")
+    assert runs.runs_root() == workshop.runs_dir() == repo / "runs"
+    assert runs.resolve_run(run.name).path == run.path.resolve()
+    assert main(["runs"]) == 0 and run.name in capsys.readouterr().out
+    # $LAB_RUNS_DIR still wins; outside any lab checkout it is ./runs.
+    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "elsewhere"))
+    assert runs.runs_root() == tmp_path / "elsewhere"
+    monkeypatch.delenv("LAB_RUNS_DIR")
+    monkeypatch.chdir(tmp_path)
+    assert runs.runs_root() == Path("runs")

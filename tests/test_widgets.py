@@ -104,16 +104,6 @@ def test_small_mode_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> No
             load_config(preset, workshop.tiny(preset, small=True))  # every small setting is a valid config
 
 
-def test_runs_dir_prefers_the_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("LAB_RUNS_DIR", str(tmp_path / "r"))
-    assert workshop.runs_dir() == tmp_path / "r"
-    monkeypatch.delenv("LAB_RUNS_DIR")
-    (tmp_path / "pyproject.toml").write_text("")
-    (tmp_path / "notebooks").mkdir()
-    monkeypatch.chdir(tmp_path / "notebooks")
-    assert workshop.runs_dir() == tmp_path / "runs"
-
-
 # ---------------------------------------------------------------- the panel
 
 def test_panel_flags_invalid_values_and_disables_train() -> None:

@@ -18,6 +18,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from lab.runs import runs_root
+
 ENV = "LAB_NOTEBOOK_SMALL"
 
 
@@ -53,14 +55,9 @@ def steps(normal: int, small: int = 20) -> int:
 
 
 def runs_dir() -> Path:
-    """``$LAB_RUNS_DIR`` if set, else ``runs/`` at the repository root (the notebooks run in notebooks/)."""
-    if os.environ.get("LAB_RUNS_DIR"):
-        return Path(os.environ["LAB_RUNS_DIR"])
-    here = Path.cwd()
-    for folder in (here, *here.parents):
-        if (folder / "pyproject.toml").exists():
-            return folder / "runs"
-    return here / "runs"
+    """Where the notebooks' runs go: ``lab.runs.runs_root()`` (``$LAB_RUNS_DIR``, else the repository's
+    ``runs/``), the same folder ``lab runs`` and the dashboard read from any folder of the repository."""
+    return runs_root()
 
 
 def quiet() -> None:
