@@ -125,11 +125,8 @@ def _alive(pid: int | None, job_id: str) -> bool:
     """Is the runner of ``job_id`` still running? (its cmdline names the job: pid reuse can't fool it)."""
     if not pid:
         return False
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return bool(procs.pid_exists(pid, own=True))  # no /proc (macOS): the pid alone
-    return job_id.encode() in cmdline  # a zombie's cmdline is empty: it counts as gone
+    line = procs.cmdline(pid)  # None: gone, a zombie, or not ours to read (then not our runner)
+    return line is not None and any(job_id in part for part in line)
 
 
 def _reap() -> None:
