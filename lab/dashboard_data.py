@@ -4,6 +4,7 @@
     rows = dd.runs_table("runs")                          # one dict per run (Runs page)
     key = dd.runs_signature("runs")                       # changes when any summary/config changes
     run = dd.resolve("gpt-nano/20261128-120000-ab12", "runs")   # refuses names escaping the root
+    rows = dd.with_live_status(rows, "runs")              # running runs: live status, steps, best so far
     df = dd.curves([run, other], ["train/loss"], x="tokens", smoothing=0.6)
     dd.config_diff([run, other])                          # only the fields that differ
     dd.final_metrics([run, other]); dd.run_details(run)
@@ -19,18 +20,27 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import pandas as pd
 
 from lab import runs as runs_mod
-from lab.config import flatten
+from lab.config import config_diff as config_changes
+from lab.config import config_values
 from lab.errors import LabError
+from lab.families import family
 from lab.runs import Run
 from lab.tfevents import event_files, read_events
 
 X_AXES = ("step", "tokens", "wall time")
-STATUS_ORDER = ("running", "crashed", "failed", "interrupted", "completed", "unknown")
+STATUS_ORDER = ("running", "crashed", "failed", "interrupted", "completed", "unknown", runs_mod.UNREADABLE)
+MIN_SMOOTH_POINTS = 5
+"""Curves with fewer points are drawn raw: smoothing 2-3 validation points bends the line away
+from the real last value."""
+PROGRESS_TAG, BEST_TAG = "train/loss", "val/loss"
+"""A running run's live progress: the last step of the training loss, the lowest validation
+loss so far (what ``best.ckpt`` keeps and ``summary.json`` records at the end)."""
+INT_COLUMNS = ("params", "steps", "max steps")
 
 
 # --------------------------------------------------------------------------- signatures (cache keys)
@@ -90,7 +100,7 @@ def _throughput(summary: dict[str, Any]) -> tuple[float | None, str | None]:
 
 
 def run_row(run: Run) -> dict[str, Any]:
-    """One row of the Runs table."""
+    """One row of the Runs table; a run that cannot be read has only its name, status and ``problem``."""
     s = run.summary
     best = s.get("best") or {}
     metric = next(iter(best), None)
@@ -102,7 +112,7 @@ def run_row(run: Run) -> dict[str, Any]:
         "steps": s.get("step"), "max steps": (run.config.get("trainer") or {}).get("max_steps"),
         "best metric": metric, "best value": best.get(metric) if metric else None,
         "wall time (s)": s.get("wall_time_s"), "throughput": tput, "throughput unit": unit,
-        "started": s.get("started_at"), "error": s.get("error"),
+        "started": s.get("started_at"), "error": s.get("error"), "problem": run.problem,
     }
 
 
@@ -111,11 +121,46 @@ def runs_table(root: str | Path | None) -> list[dict[str, Any]]:
     return [run_row(r) for r in reversed(runs_mod.list_runs(root))]
 
 
-def with_live_status(rows: list[dict[str, Any]], root: str | Path | None) -> list[dict[str, Any]]:
-    """``rows`` with each ``running`` one re-read: its process may have died since they were cached.
+def live_progress(run_dir: str | Path) -> dict[str, Any]:
+    """A training run's progress from its event files: ``{"steps", "best metric", "best value"}``.
+
+    summary.json gets the step and best value only when the run ends; the event files grow
+    at every logged step. ``steps`` counts the optimizer steps done when the last training loss
+    was logged: Lightning logs a step's loss under the number of steps done *before* it, so the
+    last point's step + 1 (a resumed run's purged points are gone, ``lab.runs.scalars``).
+    ``best value`` is the lowest validation loss so far. Values it cannot tell are None.
+    """
+    sc = runs_mod.scalars(run_dir)
+    train, val = sc.get(PROGRESS_TAG) or [], sc.get(BEST_TAG) or []
+    finite = [v for _, _, v in val if math.isfinite(v)]
+    return {"steps": train[-1][0] + 1 if train else None, "best metric": BEST_TAG if finite else None,
+            "best value": min(finite) if finite else None}
+
+
+def merge_progress(row: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
+    """``row`` with a running run's live progress: progress only grows, so the larger step count
+    and the lower best value win (summary.json has none while a run trains, and a resumed run's
+    are from before the resume). A best value has to beat the summary's by more than float32
+    precision (event files store float32) to replace it."""
+    out = dict(row)
+    if live.get("steps") is not None:
+        out["steps"] = max(live["steps"], row.get("steps") or 0)
+    best, metric = live.get("best value"), live.get("best metric")
+    if best is not None and row.get("best metric") in (None, metric):
+        old = row.get("best value")
+        if old is None or best < old - 1e-6 * abs(old):
+            out["best metric"], out["best value"] = metric, best
+    return out
+
+
+def with_live_status(rows: list[dict[str, Any]], root: str | Path | None,
+                     progress: Callable[[Path], dict[str, Any]] = live_progress) -> list[dict[str, Any]]:
+    """``rows`` with each ``running`` one re-read: its status and its live progress.
 
     A killed run never writes summary.json again, so a table cached by file signatures would
     say ``running`` forever; this re-checks only those rows (``Run.status``, ``lab.procs``).
+    While a run trains, its summary has no step or best value yet: ``progress`` (the event
+    files, ``live_progress``; the dashboard passes a cached one) fills them in.
     """
     base = runs_mod.runs_root(root)
     out = []
@@ -127,8 +172,36 @@ def with_live_status(rows: list[dict[str, Any]], root: str | Path | None) -> lis
                 r = {**r, "status": Run(path, summary=summary).status}
             except (OSError, ValueError):
                 pass  # deleted or being rewritten meanwhile: the next signature change reloads the row
+            r = merge_progress(r, progress(path))
         out.append(r)
     return out
+
+
+def runs_frame(rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
+    """The Runs table as a DataFrame: counts stay integers (``30``, not ``30.0``) beside missing ones."""
+    df = pd.DataFrame(list(rows))
+    for col in INT_COLUMNS:
+        if col in df.columns:
+            df[col] = pd.to_numeric(df[col], errors="coerce").round().astype("Int64")
+    return df
+
+
+def first_readable(names: Sequence[str], rows: Sequence[dict[str, Any]], wanted: Iterable[str] = ()) -> list[str]:
+    """The runs a page opens on: those ``wanted`` (the URL's), else the first readable run.
+
+    A run that cannot be read (``problem``) is never the default: picked on purpose, the page
+    shows why it cannot be opened.
+    """
+    chosen = [n for n in wanted if n in names]
+    if chosen:
+        return chosen
+    bad = {r["run"] for r in rows if r.get("problem")}
+    return [n for n in names if n not in bad][:1]
+
+
+def problem_of(name: str, rows: Sequence[dict[str, Any]]) -> str | None:
+    """Why the run ``name`` cannot be opened (its row's ``problem``), or None."""
+    return next((r.get("problem") for r in rows if r["run"] == name), None)
 
 
 def filter_rows(rows: Iterable[dict[str, Any]], search: str = "", statuses: Sequence[str] = (),
@@ -179,7 +252,7 @@ def resolve_many(names: Iterable[str], root: str | Path | None) -> tuple[list[Ru
 def smooth(values: Sequence[float], weight: float) -> list[float]:
     """TensorBoard's smoothing: a debiased exponential moving average (weight 0 = raw, 0.99 = very smooth)."""
     if not 0 <= weight < 1:
-        raise LabError(f"smoothing must be in [0, 1), got {weight}")
+        raise LabError(f"smoothing {weight}: choose a value in [0, 1) (0 draws the raw curve)")
     out, last, n = [], 0.0, 0
     for v in values:
         if not math.isfinite(v):
@@ -198,7 +271,11 @@ def tokens_per_step(run: Run) -> tuple[int, str]:
     if gb is None:
         data, trainer = run.config.get("data") or {}, run.config.get("trainer") or {}
         gb = int(data.get("batch_size") or 1) * int(trainer.get("accumulate_grad_batches") or 1)
-    if model.get("name") == "gpt":
+    try:
+        unit = family(model.get("name")).unit
+    except LabError:  # a family this lab no longer knows: count samples
+        unit = "samples"
+    if unit == "tokens":
         return int(gb) * int(model.get("block_size") or 1), "tokens"
     return int(gb), "samples"
 
@@ -218,17 +295,20 @@ def tag_order(tags: Iterable[str]) -> list[str]:
 
 def curves(runs: Sequence[Run], tags: Sequence[str], x: str = "step", smoothing: float = 0.0,
            data: dict[str, dict[str, list[tuple[int, float, float]]]] | None = None) -> pd.DataFrame:
-    """Long-format curves: columns run, tag, step, x, value, smoothed, lone (for overlaid line charts).
+    """Long-format curves: columns run, label, tag, step, x, value, smoothed, lone (for overlaid line charts).
 
-    ``lone`` marks a curve with a single point (one validation so far, a test metric): a line
-    through one point draws nothing, so the chart shows those as dots.
+    ``label`` tells the runs apart in a legend (``run_labels``). ``lone`` marks a curve with a
+    single point (one validation so far, a test metric): a line through one point draws nothing,
+    so the chart shows those as dots. Curves of fewer than ``MIN_SMOOTH_POINTS`` points are not
+    smoothed (``smoothed`` is the raw value).
 
     ``x``: ``step``, ``tokens`` (step x tokens-or-samples per step) or ``wall time`` (seconds
     since the run's first logged point). ``data``: already-read scalars per run name (cache).
     """
     if x not in X_AXES:
-        raise LabError(f"x axis must be one of {X_AXES}, got {x!r}")
+        raise LabError(f"x axis {x!r}: choose one of {', '.join(X_AXES)}")
     frames = []
+    labels = run_labels([r.name for r in runs])
     for run in runs:
         sc = data[run.name] if data is not None and run.name in data else scalars(run)
         per_step, _ = tokens_per_step(run)
@@ -240,11 +320,44 @@ def curves(runs: Sequence[Run], tags: Sequence[str], x: str = "step", smoothing:
             steps = [p[0] for p in pts]
             values = [p[2] for p in pts]
             xs = steps if x == "step" else [s * per_step for s in steps] if x == "tokens" else [p[1] - t0 for p in pts]
-            frames.append(pd.DataFrame({"run": run.name, "tag": tag, "step": steps, "x": xs, "value": values,
-                                        "smoothed": smooth(values, smoothing), "lone": len(pts) == 1}))
+            smoothed = smooth(values, smoothing if len(pts) >= MIN_SMOOTH_POINTS else 0.0)
+            frames.append(pd.DataFrame({"run": run.name, "label": labels[run.name], "tag": tag, "step": steps,
+                                        "x": xs, "value": values, "smoothed": smoothed, "lone": len(pts) == 1}))
     if not frames:
-        return pd.DataFrame(columns=["run", "tag", "step", "x", "value", "smoothed", "lone"])
+        return pd.DataFrame(columns=["run", "label", "tag", "step", "x", "value", "smoothed", "lone"])
     return pd.concat(frames, ignore_index=True)
+
+
+def run_labels(names: Sequence[str]) -> dict[str, str]:
+    """Short legend labels that tell runs apart: ``<experiment> · <id suffix>``.
+
+    Run names share long prefixes (``seed-mlp/20261128-1200...``) and a legend truncates the
+    end of a label, so the random suffix of the run id goes in the part shown; when even those
+    collide (or a folder was named by hand) the full name is the label.
+    """
+    short = {n: f"{n.split('/')[0]} · {n.rsplit('-', 1)[-1]}" if "/" in n else n for n in names}
+    return short if len(set(short.values())) == len(set(names)) else {n: n for n in names}
+
+
+def display_value(v: Any) -> str:
+    """A config or metric value as text for a table: ``8`` stays ``8`` in a column beside ``0.05``
+    (pandas would make both floats), floats keep 6 significant digits, missing ones are blank."""
+    if v is None:
+        return ""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def display_frame(rows: Sequence[dict[str, Any]], index: str) -> pd.DataFrame:
+    """``rows`` (config_table, final_metrics) as a table of text indexed by ``index``; other
+    columns but ``differs`` hold ``display_value`` text."""
+    df = pd.DataFrame([{k: (v if k in (index, "differs") else display_value(v)) for k, v in r.items()} for r in rows])
+    return df.set_index(index) if not df.empty else df
 
 
 # --------------------------------------------------------------------------- Compare page
@@ -257,15 +370,10 @@ def _cell(v: Any) -> Any:
 
 def config_table(runs: Sequence[Run], only_diff: bool = True) -> list[dict[str, Any]]:
     """One row per config field: ``{"field", "differs", <run name>: value, ...}`` (only differing ones by default)."""
-    flat = [flatten(r.config) for r in runs]
-    keys = sorted(set().union(*flat)) if flat else []
-    rows = []
-    for k in keys:
-        vals = [f.get(k) for f in flat]
-        differs = any(v != vals[0] for v in vals[1:])
-        if differs or not only_diff:
-            rows.append({"field": k, "differs": differs, **{r.name: _cell(v) for r, v in zip(runs, vals)}})
-    return rows
+    differ = config_changes([r.config for r in runs])
+    shown = differ if only_diff else config_values([r.config for r in runs])
+    return [{"field": k, "differs": k in differ, **{r.name: _cell(v) for r, v in zip(runs, vals)}}
+            for k, vals in shown.items()]
 
 
 def config_diff(runs: Sequence[Run]) -> list[dict[str, Any]]:
@@ -295,14 +403,10 @@ def final_metrics(runs: Sequence[Run]) -> list[dict[str, Any]]:
 
 def hparam_points(runs: Sequence[Run], metric: str) -> list[dict[str, Any]]:
     """For sweeps: each run's differing config fields and one metric (a summary figure, e.g. ``best val/loss``)."""
-    fields = [row["field"] for row in config_diff(runs) if row["field"] not in ("experiment",)]
+    diff = {k: vals for k, vals in config_changes([r.config for r in runs]).items() if k != "experiment"}
     metrics = {row["metric"]: row for row in final_metrics(runs)}
-    out = []
-    for r in runs:
-        flat = flatten(r.config)
-        value = metrics.get(metric, {}).get(r.name)
-        out.append({"run": r.name, **{f: _cell(flat.get(f)) for f in fields}, metric: value})
-    return out
+    return [{"run": r.name, **{f: _cell(vals[i]) for f, vals in diff.items()}, metric: metrics.get(metric, {}).get(r.name)}
+            for i, r in enumerate(runs)]
 
 
 # --------------------------------------------------------------------------- Run page

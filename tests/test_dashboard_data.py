@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
+import pandas as pd
 import pytest
+import yaml
 
 from lab import dashboard_data as dd
 from lab import runs as runs_mod
@@ -196,3 +200,151 @@ def test_run_details_reports_and_artifacts(tmp_path: Path, root: Path) -> None:
     assert files["checkpoints/best.ckpt"] == (run.path / "checkpoints/best.ckpt").stat().st_size
     assert "reports/eval-best.json" in files and "compressed/int8-dynamic/report.json" in files
     assert dd.reproduce_command(run) == f"lab fit --config {run.path / 'config.yaml'}"
+
+
+# --------------------------------------------------------------------------- issue 18: hardening
+
+
+def add_running_run(root: Path, steps: int = 37, max_steps: int = 100) -> tuple[str, Any]:
+    """A run that says ``running`` with this process's identity (alive while the test runs) and
+    event files written by TensorBoard's own writer: train/loss at steps 0..``steps - 1`` (as
+    Lightning logs them: step k's loss under the k steps done before it), val/loss 3.0, 2.0, 2.5
+    at steps 10, 20, 30. Returns its name and the open writer (to log more)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    from lab import procs
+    from lab.fileio import write_json
+
+    run_dir = Path(root) / "live" / "20990101-000000-live"
+    run_dir.mkdir(parents=True)
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"experiment": "live", "model": {"name": "mlp"},
+                                                         "trainer": {"max_steps": max_steps}}))
+    write_json(run_dir / "summary.json", {"status": "running", "process": procs.identity(),
+                                          "started_at": runs_mod.now_iso(), "experiment": "live"})
+    writer = SummaryWriter(str(run_dir))
+    for s in range(steps):
+        writer.add_scalar("train/loss", 5.0 / (s + 1), s)
+    for s, v in ((10, 3.0), (20, 2.0), (30, 2.5)):
+        writer.add_scalar("val/loss", v, s)
+    writer.flush()
+    return f"live/{run_dir.name}", writer
+
+
+def test_corrupt_and_linked_out_runs_are_rows_with_their_reason(tmp_path: Path, root: Path, corrupt_runs) -> None:
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    bad = corrupt_runs(copy, outside=tmp_path / "outside")
+    rows = {r["run"]: r for r in dd.runs_table(copy)}
+    assert len(rows) == 3 + len(bad)
+    for name in bad:
+        assert rows[name]["status"] == "unreadable", rows[name]
+        assert rows[name]["problem"].startswith(("unreadable:", "refused:")) and "\n" not in rows[name]["problem"]
+    assert "refused" in rows["linked/20990101-000000-link"]["problem"]
+    assert rows["linked/20990101-000000-link"]["error"] is None  # none of the outside run's data
+    assert "YAML" in rows["yaml-tag/20990101-000000-bad0"]["problem"]
+    good = [n for n, r in rows.items() if r["problem"] is None]
+    assert len(good) == 3 and all(rows[n]["status"] == "completed" for n in good)
+    # The corrupt runs are the newest: a page still opens on a readable one.
+    names = list(rows)
+    assert names[0] in bad
+    assert dd.first_readable(names, list(rows.values())) == [good[0]]
+    assert dd.first_readable(names, list(rows.values()), [bad[0]]) == [bad[0]]  # named in the URL: shown, refused
+    assert dd.problem_of(bad[1], list(rows.values())) == rows[bad[1]]["problem"]
+    assert dd.problem_of(good[0], list(rows.values())) is None
+
+
+def test_counts_stay_integers_beside_missing_values(tmp_path: Path, root: Path, corrupt_runs) -> None:
+    copy = tmp_path / "runs"
+    shutil.copytree(root, copy)
+    corrupt_runs(copy)
+    df = dd.runs_frame(dd.runs_table(copy))
+    assert str(df["steps"].dtype) == "Int64" and str(df["params"].dtype) == "Int64"
+    assert df["steps"].isna().sum() == 4 and sorted(df["steps"].dropna().astype(str)) == ["20", "30", "30"]
+
+
+def test_config_and_metric_tables_show_integers_as_integers(tmp_path: Path) -> None:
+    a = runs_mod.Run(tmp_path / "e" / "a-0001", config={"trainer": {"max_steps": 8}, "optimizer": {"lr": 0.05}},
+                     summary={"step": 8, "best": {"val/loss": 1.25}})
+    b = runs_mod.Run(tmp_path / "e" / "b-0002", config={"trainer": {"max_steps": 16}, "optimizer": {"lr": 0.02},
+                                                        "model": {"hidden": [20, 10], "bias": True}},
+                     summary={"step": 16, "best": {"val/loss": 0.5}})
+    table = dd.config_table([a, b])
+    naive = pd.DataFrame(table).set_index("field")  # what the page showed before: 8.0
+    assert naive.loc["trainer.max_steps", a.name] == 8.0 and naive[a.name].dtype == float
+    shown = dd.display_frame(table, "field")
+    assert shown.loc["trainer.max_steps", a.name] == "8" and shown.loc["trainer.max_steps", b.name] == "16"
+    assert shown.loc["optimizer.lr", a.name] == "0.05"
+    assert shown.loc["model.hidden", a.name] == "" and shown.loc["model.hidden", b.name] == "[20, 10]"
+    assert shown.loc["model.bias", b.name] == "true" and list(shown["differs"]) == [True] * len(shown)
+    metrics = dd.display_frame(dd.final_metrics([a, b]), "metric")
+    assert metrics.loc["steps", a.name] == "8" and metrics.loc["best val/loss", b.name] == "0.5"
+
+
+def test_curves_too_short_to_smooth_are_drawn_raw(tmp_path: Path) -> None:
+    name, writer = add_running_run(tmp_path)
+    writer.close()
+    df = dd.curves([runs_mod.load_run(tmp_path / name)], ["train/loss", "val/loss"], smoothing=0.9)
+    val, train = df[df["tag"] == "val/loss"], df[df["tag"] == "train/loss"]
+    assert len(val) == 3 < dd.MIN_SMOOTH_POINTS <= len(train)
+    assert list(val["smoothed"]) == list(val["value"])  # the real last value, not bent towards the first
+    assert list(train["smoothed"]) != list(train["value"])
+
+
+def test_legend_labels_tell_runs_apart(root: Path) -> None:
+    names = ["seed-mlp/20261128-120000-ab12", "seed-mlp/20261128-120000-cd34", "gpt-nano/20261128-120000-ab12"]
+    labels = dd.run_labels(names)
+    assert len(set(labels.values())) == 3 and all(len(v) < 20 for v in labels.values())
+    assert labels[names[0]] == "seed-mlp · ab12"
+    same_suffix = ["a/20261128-120000-ab12", "a/20261128-130000-ab12"]
+    assert dd.run_labels(same_suffix) == {n: n for n in same_suffix}  # collide: the full names
+    a, b = _runs(root)["mlp"]
+    df = dd.curves([a, b], ["train/loss"])
+    assert df.groupby("run")["label"].first().to_dict() == dd.run_labels([a.name, b.name])
+    assert df["label"].nunique() == 2
+
+
+def test_a_running_run_shows_live_steps_and_best(tmp_path: Path) -> None:
+    name, writer = add_running_run(tmp_path)
+    try:
+        cached = dd.runs_table(tmp_path)
+        assert cached[0]["steps"] is None and cached[0]["best value"] is None  # summary.json: only at the end
+        [row] = dd.with_live_status(cached, tmp_path)
+        assert row["status"] == "running" and row["steps"] == 37 and row["max steps"] == 100
+        assert row["best metric"] == "val/loss" and row["best value"] == 2.0
+        for s in range(37, 50):
+            writer.add_scalar("train/loss", 0.1, s)
+        writer.add_scalar("val/loss", 1.5, 49)
+        writer.flush()
+        assert dd.live_progress(tmp_path / name) == {"steps": 50, "best metric": "val/loss", "best value": 1.5}
+    finally:
+        writer.close()
+    assert dd.live_progress(tmp_path / "no-such-run") == {"steps": None, "best metric": None, "best value": None}
+
+
+def test_a_failed_jobs_message_is_whole() -> None:
+    from lab.jobs import error_from_log
+
+    log = ("$ lab evaluate x\nerror: checkpoint runs/x/checkpoints/best.ckpt was refused: it holds objects other\n"
+           "  than tensors (the global posix.system); never load checkpoints you do not trust\n")
+    assert error_from_log(log, 2).endswith("(the global posix.system); never load checkpoints you do not trust")
+    tb = ("Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\n    f()\n"
+          "RuntimeError: the first line\nand the rest of the reason\n")
+    assert error_from_log(tb, 1) == "exit code 1: RuntimeError: the first line and the rest of the reason"
+
+
+class _Payload:
+    def __reduce__(self):  # unpickling it would run a shell command
+        return (os.system, ("echo pwned",))
+
+
+def test_a_checkpoint_refusal_names_the_global(tmp_path: Path) -> None:
+    import torch
+
+    from lab.checkpoints import CheckpointError, load_checkpoint
+
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload()}, path)
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(path)
+    assert f"(the global {os.system.__module__}.system)" in str(e.value)
+    assert "\n" not in str(e.value)

@@ -2,7 +2,9 @@
 
 Jobs are subprocesses with their state on disk (``lab.jobs``): they survive a browser refresh or a
 dashboard restart; clicking twice returns the job already running; a failed job shows its error.
-URL: ``/Actions?run=<exp>/<id>`` preselects the run.
+URL: ``/Actions?run=<exp>/<id>`` preselects the run (else the newest readable one). Every job
+runs against this server's fixed runs root (``--runs_dir`` is set by ``lab.jobs``, never by the
+browser); commands and errors are shown as plain text.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import common  # noqa: E402
 from lab import jobs  # noqa: E402
 from lab.errors import LabError  # noqa: E402
 
+plain, code = common.plain, common.code
 root = common.setup("Actions")
 rows = common.runs_table(root)
 names = [r["run"] for r in rows]
@@ -30,20 +33,20 @@ def launch(args: list[str], label: str) -> None:
         before = {j.id for j in jobs.list_jobs(root)}
         job = jobs.start(args, root, label=label)
     except LabError as e:
-        st.error(str(e))
+        st.error(plain(e))
         return
     if job.id in before:
-        st.info(f"Already {job.state}: job {job.id} (`{job.display_command}`), no duplicate started.")
+        st.info(f"Already {job.state}: job {job.id} ({code(job.display_command)}), no duplicate started.")
     else:
-        st.success(f"Started job {job.id}: `{job.display_command}`")
+        st.success(f"Started job {job.id}: {code(job.display_command)}")
 
 
 if names:
-    name = st.selectbox("Run", names, index=names.index(wanted) if wanted in names else 0)
+    name = st.selectbox("Run", names, index=common.default_index(names, rows, wanted))
     st.query_params["run"] = name
-    run = common.resolve(name, root)
+    run = common.open_run(name, root, rows)
 else:
-    st.info(f"No runs under {root} yet: train one below.")
+    st.info(f"No runs under {plain(root)} yet: train one below.")
     run = None
 
 if run is not None:
@@ -80,7 +83,7 @@ if st.button("Train"):
     try:
         launch(jobs.config_job_args(text, root), "fit (edited config)")
     except LabError as e:
-        st.error(f"config refused: {e}")
+        st.error(plain(f"config refused: {e}"))
 
 
 def job_list() -> None:
@@ -91,12 +94,12 @@ def job_list() -> None:
     now = time.time()
     for job in found:
         elapsed = job.elapsed(now)
-        head = f"**{job.state}** · `{job.display_command}` · {elapsed:.0f} s" if elapsed is not None else \
-            f"**{job.state}** · `{job.display_command}`"
+        head = f"**{job.state}** · {code(job.display_command)} · {elapsed:.0f} s" if elapsed is not None else \
+            f"**{job.state}** · {code(job.display_command)}"
         with st.container(border=True):
-            st.markdown(f"{head} · job {job.id}")
+            st.markdown(f"{head} · job {plain(job.id)}")
             if job.state == "failed" and job.error:
-                st.error(job.error)
+                st.error(plain(job.error))  # whole, as plain text: a log can hold anything
             if job.active and st.button("Cancel", key=f"cancel-{job.id}"):
                 jobs.cancel(job.id, root)
                 st.rerun()

@@ -1,6 +1,9 @@
 """One run: status, config, curves, generated samples, evaluation and compression reports, artifacts.
 
-URL: ``/Run?run=<exp>/<id>`` (a name outside the runs root, e.g. with ``..``, is refused).
+URL: ``/Run?run=<exp>/<id>`` (a name outside the runs root, e.g. with ``..``, is refused). The page
+opens on the newest readable run; while the run trains, its status, steps and best value
+refresh themselves every 5 s (from the event files). Everything read from the run's files is
+shown as plain text (``common.plain``, st.text, st.code, tables).
 """
 
 from __future__ import annotations
@@ -13,34 +16,57 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dashboard/, for `common`
 import common  # noqa: E402
-from lab.runs import status_note  # noqa: E402  (common put the repo root on the path)
+from lab.errors import LabError  # noqa: E402  (common put the repo root on the path)
+from lab.runs import load_run, status_note  # noqa: E402
 
 dd = common.dd
+plain = common.plain
 root = common.setup("Run")
 rows = common.runs_table(root)
 names = [r["run"] for r in rows]
 wanted = common.wanted_run(root, names)
 if not names:
-    st.info(f"No runs under {root} yet.")
+    st.info(f"No runs under {plain(root)} yet.")
     st.stop()
-name = st.selectbox("Run", names, index=names.index(wanted) if wanted in names else 0)
+name = st.selectbox("Run", names, index=common.default_index(names, rows, wanted))
 st.query_params["run"] = name
-run = common.resolve(name, root)
+run = common.open_run(name, root, rows)
 if run is None:
     st.stop()
 
-s = run.summary
-row = dd.run_row(run)
-c = st.columns(5)
-c[0].metric("status", run.status)
-c[1].metric("steps", f"{row['steps'] or 0} / {row['max steps'] or '?'}")
-c[2].metric(row["best metric"] or "best", f"{row['best value']:.4g}" if row["best value"] is not None else "-")
-c[3].metric("params", f"{row['params']:,}" if row["params"] else "-")
-c[4].metric("wall time", f"{row['wall time (s)']:.1f} s" if row["wall time (s)"] else "-")
-if s.get("error"):
-    st.error(f"failed: {s['error']}")
-if note := status_note(run):
-    st.warning(note)
+
+def header(run) -> None:
+    """Status, steps, best value, params, wall time; the failure and what to do about a stopped run."""
+    s = run.summary
+    row = dd.run_row(run)
+    if s.get("status") == "running":
+        row = {**row, **{k: v for k, v in common.progress(run.path).items() if v is not None}}
+    c = st.columns(5)
+    c[0].metric("status", run.status)
+    c[1].metric("steps", f"{row['steps'] or 0} / {row['max steps'] or '?'}")
+    c[2].metric(plain(row["best metric"] or "best"), f"{row['best value']:.4g}" if row["best value"] is not None else "-")
+    c[3].metric("params", f"{row['params']:,}" if row["params"] else "-")
+    c[4].metric("wall time", f"{row['wall time (s)']:.1f} s" if row["wall time (s)"] else "-")
+    if s.get("error"):
+        st.error(plain(f"failed: {s['error']}"))
+    if note := status_note(run):
+        st.warning(plain(note))
+
+
+# While the run trains only this part reruns, every 5 s, re-reading summary.json and the event
+# files; when the run ends (or its process is found gone) the whole page reruns without a timer.
+@st.fragment(run_every=5 if run.status == "running" else None)
+def live_header() -> None:
+    try:
+        now = load_run(run.path) if run.status == "running" else run
+    except LabError:
+        now = run  # summary.json being replaced right now: the next tick reads it
+    header(now)
+    if run.status == "running" and now.status != "running":
+        st.rerun()
+
+
+live_header()
 st.markdown("**Reproduce**")
 st.code(dd.reproduce_command(run), language="bash")
 
@@ -54,16 +80,16 @@ with tabs[2]:
     if not samples:
         st.info("No generated samples (language-model runs log some at each validation).")
     for smp in samples[:5]:
-        st.markdown(f"step {smp['step']} · `{smp['tag']}`")
+        st.caption(plain(f"step {smp['step']} · {smp['tag']}"))
         st.text(smp["text"])
 with tabs[3]:
     reports = dd.eval_reports(run)
     if not reports:
-        st.info(f"No evaluation yet: start one on the Actions page, or `lab evaluate {run.name}`.")
+        st.info(f"No evaluation yet: start one on the Actions page, or {common.code(f'lab evaluate {run.name}')}.")
     for rep in reports:
         from lab.evaluate import scalar_figures
 
-        st.subheader(f"eval-{rep['label']} ({rep['report'].get('split')} split)")
+        st.subheader(plain(f"eval-{rep['label']} ({rep['report'].get('split')} split)"))
         figures = scalar_figures(rep["report"])
         st.dataframe(pd.DataFrame({"figure": list(figures), "value": list(figures.values())}),
                      hide_index=True, width="stretch")
@@ -74,14 +100,14 @@ with tabs[4]:
     if comp["comparison"]:
         st.dataframe(pd.DataFrame(comp["comparison"]["rows"]), hide_index=True, width="stretch")
         for method, err in comp["comparison"].get("errors", {}).items():
-            st.warning(f"{method}: {err}")
+            st.warning(plain(f"{method}: {err}"))
     elif comp["methods"]:
         st.dataframe(pd.DataFrame(dd.method_rows(comp["methods"])), hide_index=True, width="stretch")
     else:
-        st.info(f"Not compressed yet: `lab compress {run.name} --method all`, or the Actions page.")
+        st.info(f"Not compressed yet: {common.code(f'lab compress {run.name} --method all')}, or the Actions page.")
     if comp["pareto_png"] is not None:
         st.image(str(comp["pareto_png"]), caption="size and latency vs quality (Pareto front marked)")
 with tabs[5]:
     files = dd.artifacts(run)
-    st.caption(f"{len(files)} files, {sum(f['bytes'] for f in files) / 2**20:.2f} MiB in {run.path}")
+    st.caption(plain(f"{len(files)} files, {sum(f['bytes'] for f in files) / 2**20:.2f} MiB in {run.path}"))
     st.dataframe(pd.DataFrame(files), hide_index=True, width="stretch")
