@@ -10,6 +10,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 
@@ -30,6 +31,20 @@ class DataError(LabError):
     """Data cannot be read or is unusable (missing file, not UTF-8, too short, bad checksum)."""
 
 
+class StorageError(LabError, OSError):
+    """A file could not be written: the disk is full, or the folder is read-only or not writable.
+
+    Made by ``lab.fileio.storage_error`` (the one place that words it). Also an ``OSError``
+    carrying the original ``errno``, so code that handles OSError keeps working. ``detail``
+    says what failed, where and why; ``advice`` what to do; the message is both, one line.
+    """
+
+    def __init__(self, detail: str, advice: str = "", *, code: int | None = None, folder: Path | None = None,
+                 path: Path | None = None, what: str = "write") -> None:
+        OSError.__init__(self, f"{detail}; {advice}" if advice else detail)
+        self.errno, self.detail, self.advice, self.folder, self.path, self.what = code, detail, advice, folder, path, what
+
+
 class RunInterrupted(KeyboardInterrupt):
     """Training stopped on Ctrl-C (signal 2) or SIGTERM (15); ``last.ckpt`` was saved first.
 
@@ -39,3 +54,20 @@ class RunInterrupted(KeyboardInterrupt):
     def __init__(self, signum: int, run_dir: object = None) -> None:
         super().__init__(f"interrupted by signal {signum}")
         self.signum, self.run_dir = signum, run_dir
+
+
+def require(ok: bool, name: str, value: Any, expected: str, hint: str = "") -> None:
+    """Refuse ``value`` of field ``name`` with a ConfigError unless ``ok`` (what every ``validate()`` uses)."""
+    if not ok:
+        raise ConfigError(name, value, expected, hint)
+
+
+def require_positive(section: str, obj: Any, *names: str) -> None:
+    """Each named field of ``obj`` is a whole number >= 1 (or a non-empty list of them)."""
+    for n in names:
+        v = getattr(obj, n)
+        if isinstance(v, tuple):
+            require(len(v) > 0 and all(x >= 1 for x in v), f"{section}.{n}", list(v),
+                    "a non-empty list of whole numbers >= 1")
+        else:
+            require(v >= 1, f"{section}.{n}", v, "a whole number >= 1")

@@ -161,7 +161,7 @@ def list_jobs(root: str | Path | None = None) -> list[Job]:
 def get(job_id: str, root: str | Path | None = None) -> Job:
     """One job by id (``LabError`` when there is none)."""
     if not job_id or "/" in job_id or job_id.startswith("."):
-        raise LabError(f"bad job id {job_id!r}")
+        raise LabError(f"bad job id {job_id!r}: pick a job from the jobs list")
     job = _load(jobs_dir(root) / f"{job_id}.json")
     if job is None:
         raise LabError(f"no job {job_id} under {jobs_dir(root)}")
@@ -172,9 +172,9 @@ def start(args: list[str], root: str | Path | None = None, label: str = "") -> J
     """Start ``lab <args> --runs_dir <root>`` in the background, or return the identical job still active."""
     args = [str(a) for a in args]
     if not args or args[0] not in COMMANDS:
-        raise LabError(f"a job runs one of {COMMANDS}, got {args[:1]}")
+        raise LabError(f"a job cannot run {args[:1]}: choose one of {', '.join(COMMANDS)}")
     if "--runs_dir" in args:
-        raise LabError("--runs_dir is set by the job runner from the runs root")
+        raise LabError("--runs_dir is set by the job runner from the runs root: drop it from the arguments")
     root_abs = str(runs_root(root).resolve())
     for existing in list_jobs(root_abs):  # also marks vanished runners failed so they don't block
         if existing.active and existing.args == args:
@@ -232,11 +232,21 @@ def tail(job: Job, lines: int = 20) -> str:
 
 
 def error_from_log(log_text: str, returncode: int) -> str:
-    """The line that says why a command failed: the CLI's ``error: ...`` line, else the last line."""
+    """Why a command failed, whole: the CLI's last ``error: ...`` message, else the exception
+    that ended a traceback, else the last line. A message that goes on over several lines
+    keeps them all (joined by spaces): cut after its first line it would stop mid-sentence."""
     lines = [ln.strip() for ln in log_text.splitlines() if ln.strip()]
-    errors = [ln for ln in lines if ln.startswith("error:")]
-    why = errors[-1] if errors else lines[-1] if lines else "no output"
-    return f"exit code {returncode}: {why}"
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("error:")]
+    if starts:
+        why = lines[starts[-1]:]
+    else:
+        raw = log_text.splitlines()
+        tb = [i for i, ln in enumerate(raw) if ln.startswith("Traceback (most recent call last)")]
+        # A traceback's frames are indented; the exception message is what follows them, unindented.
+        after = raw[tb[-1] + 1:] if tb else []
+        first = next((i for i, ln in enumerate(after) if ln.strip() and not ln[0].isspace()), None)
+        why = [ln.strip() for ln in after[first:] if ln.strip()] if first is not None else lines[-1:]
+    return f"exit code {returncode}: {' '.join(why) if why else 'no output'}"
 
 
 def config_job_args(config_text: str, root: str | Path | None = None) -> list[str]:
@@ -246,14 +256,14 @@ def config_job_args(config_text: str, root: str | Path | None = None) -> list[st
     """
     import yaml
 
-    from lab.config import from_dict, validate
+    from lab.config import from_dict, validate, yaml_problem
 
     try:
         raw = yaml.safe_load(config_text)
     except yaml.YAMLError as e:
-        raise LabError(f"the config is not valid YAML: {e}") from e
+        raise LabError(f"the config is not valid YAML ({yaml_problem(e)}): fix it and start again") from None
     if not isinstance(raw, dict):
-        raise LabError("the config must be a YAML mapping (model:, data:, trainer:, ...)")
+        raise LabError("the config must be a YAML mapping: write it as model:, data:, trainer:, optimizer: sections")
     validate(from_dict(raw))  # ConfigError (a LabError) names the bad field
     digest = hashlib.sha256(config_text.encode("utf-8")).hexdigest()[:12]
     path = jobs_dir(root) / f"config-{digest}.yaml"

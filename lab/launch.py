@@ -33,7 +33,7 @@ MULTI_PROCESS = ("ddp", "fsdp", "deepspeed_stage_2", "deepspeed_stage_2_offload"
 def fit_arguments(command: Sequence[str], nodes: int, gpus_per_node: int) -> list[str]:
     """The ``fit ...`` arguments for each process: the user's, plus what the launcher fixes."""
     if nodes < 1 or gpus_per_node < 1:
-        raise LabError(f"--nodes and --gpus-per-node must be >= 1 (got {nodes} and {gpus_per_node})")
+        raise LabError(f"--nodes {nodes} --gpus-per-node {gpus_per_node}: give whole numbers >= 1 for both")
     args = list(command)
     if args and args[0] == "--":
         args = args[1:]
@@ -108,7 +108,7 @@ def sbatch_script(command: Sequence[str], nodes: int, gpus_per_node: int, time: 
     requeued job (``SLURM_RESTART_COUNT`` > 0) continues the newest run with ``--resume last``.
     """
     if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}", time):
-        raise LabError(f"--time {time!r} is not a SLURM time limit such as 24:00:00 or 2-00:00:00")
+        raise LabError(f"--time {time!r} is not a SLURM time limit: give one such as 24:00:00 or 2-00:00:00")
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", job_name):
         raise LabError(f"job name {job_name!r}: use letters, digits, '.', '_' or '-'")
     fit = fit_arguments(command, nodes, gpus_per_node)
