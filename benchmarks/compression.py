@@ -52,7 +52,7 @@ import torch  # noqa: E402
 
 from lab.compress import compress  # noqa: E402
 from lab.config import load_config  # noqa: E402
-from lab.env_probe import cpu_line  # noqa: E402
+from lab.env.probe import cpu_line  # noqa: E402
 from lab.train import fit  # noqa: E402
 
 MODELS = {"nano": "gpt-nano", "10m": "gpt-10m"}  # --models key -> preset

@@ -5,7 +5,7 @@
     python benchmarks/plan_accuracy.py --device cpu    # force the CPU cases on a GPU machine
 
 For each case the lab's LightningModule trains a few steps with a Lightning Trainer on this
-machine's first device (``lab.plan_measure.measure``), and ``lab.plan.plan`` estimates the
+machine's first device (``lab.plan.measure.measure``), and ``lab.plan.plan`` estimates the
 same setup (single device). Two ratios, estimate / measured:
 
 - model states: parameters + gradients + optimizer states, counted from the tensors
@@ -37,7 +37,7 @@ import torch  # noqa: E402
 
 from lab.config import load_config  # noqa: E402
 from lab.plan import plan  # noqa: E402
-from lab.plan_measure import measure  # noqa: E402
+from lab.plan.measure import measure  # noqa: E402
 
 GOAL = 0.15
 SMALL = {"model.vocab_size": 512, "model.n_layer": 4, "model.n_embd": 256, "model.n_head": 4,

@@ -61,10 +61,11 @@ import torch.nn.functional as F  # noqa: E402
 from lab import env  # noqa: E402
 from lab.callbacks import Throughput  # noqa: E402
 from lab.config import Config, load_config  # noqa: E402
-from lab.env_probe import cpu_line  # noqa: E402
+from lab.env.probe import cpu_line  # noqa: E402
+from lab.families import build_datamodule  # noqa: E402
 from lab.models.gpt import GPT, GPTConfig  # noqa: E402
-from lab.modules import build_optimizer, lr_lambda  # noqa: E402
-from lab.train import build_datamodule, fit  # noqa: E402
+from lab.optim import build_optimizer, lr_lambda  # noqa: E402
+from lab.train import fit  # noqa: E402
 
 PRESET = "gpt-nano"
 RATIO_GOAL = 0.95

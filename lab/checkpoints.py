@@ -15,16 +15,23 @@ cleanly and leaves earlier checkpoints untouched.
 
 from __future__ import annotations
 
+import os
 import pickle
+import shutil
+import re
 import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from lab.errors import LabError
-from lab.fileio import atomic_write
+from lab.config import from_dict
+from lab.data.tokenizers import load_tokenizer
+from lab.errors import LabError, StorageError
+from lab.families import build_module, family_of
+from lab.fileio import atomic_write, storage_error, storage_errors
 
 if TYPE_CHECKING:
     from lab.modules import LabModule
@@ -32,7 +39,18 @@ if TYPE_CHECKING:
 
 
 class CheckpointError(LabError):
-    """A checkpoint is missing, truncated, corrupted, or holds more than plain tensors."""
+    """A checkpoint is missing, truncated, corrupted, or holds more than plain tensors.
+
+    ``problem`` is what is wrong; the message adds ``advice`` (what to do), which a caller
+    that already knows what to do next (``newest_intact`` falls back to an older file) leaves out.
+    """
+
+    def __init__(self, problem: str, advice: str = "") -> None:
+        self.problem, self.advice = problem, advice
+        super().__init__(f"{problem}; {advice}" if advice else problem)
+
+
+_USE_ANOTHER = "use another checkpoint (best, last) or train again"
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -43,9 +61,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             raise TypeError("AtomicCheckpointIO takes no storage_options")
         try:
             atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        except StorageError as e:
+            # No temp file is left and the previous file of this name is untouched. Whether
+            # there is anything to resume from is for the caller to say (lab.train does).
+            raise storage_error(e, path, what="save the checkpoint",
+                                if_full="free disk space under {folder}; earlier checkpoints are untouched") from None
         except OSError as e:
-            raise LabError(f"could not save checkpoint {path}: {e.strerror or e}; earlier checkpoints are intact. "
-                           "Free disk space and resume with `lab fit --resume`") from e
+            raise LabError(f"could not save the checkpoint {path}: {e.strerror or e}; earlier checkpoints are "
+                           "untouched") from e
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = None) -> dict[str, Any]:
         return load_checkpoint(Path(path), map_location=map_location)
@@ -60,14 +83,28 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:  # what a kill before the first byte, or `touch`, leaves
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)", _USE_ANOTHER)
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"checkpoint {path} was refused: it holds objects other than tensors and plain data "
-                              f"({str(e).splitlines()[0][:160]}); never load checkpoints you do not trust") from None
+                              f"({_refused_global(e)}); never load checkpoints you do not trust") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} is truncated or corrupted "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:160]})") from None
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise CheckpointError(f"checkpoint {path} is truncated or corrupted ({type(e).__name__}: {first})",
+                              _USE_ANOTHER) from None
+
+
+def _refused_global(e: Exception) -> str:
+    """What torch's weights-only unpickler refused: its message is a page of advice, and the
+    line that matters names the global (``GLOBAL posix.system``, ``GLOBAL __main__.Payload``)."""
+    text = str(e)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return f"the global {found.group(1)}"
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    return next((ln for ln in lines if "error" in ln.lower()), lines[-1] if lines else type(e).__name__)
 
 
 def newest_intact(run_dir: str | Path, names: tuple[str, ...] = ("last", "best")) -> tuple[Path, list[str]]:
@@ -84,12 +121,13 @@ def newest_intact(run_dir: str | Path, names: tuple[str, ...] = ("last", "best")
         try:
             state = load_checkpoint(path)
         except CheckpointError as e:
-            skipped.append(str(e))
+            skipped.append(e.problem)
             continue
         loaded.append((int(state.get("global_step", 0)), path.stat().st_mtime, path))
     if not loaded:
         why = "; ".join(skipped) or f"no checkpoints in {folder}"
-        raise CheckpointError(f"nothing to resume from: {why}")
+        raise CheckpointError(f"nothing to resume from: {why}",
+                              f"start a new run instead (lab fit --config {Path(run_dir) / 'config.yaml'})")
     return max(loaded)[2], skipped
 
 
@@ -105,20 +143,43 @@ def load_module(run: Run, which: str = "best") -> LabModule:
     state = load_checkpoint(path).get("state_dict")
     if not isinstance(state, dict):
         raise LabError(f"checkpoint {path} has no state_dict: it was not written by `lab fit`")
-    from lab.config import from_dict
-    from lab.train import build_module  # here, not at the top: lab.train imports this module
-
     cfg = from_dict(run.config)
-    dm = None
-    if cfg.model.name == "gpt":
-        from lab.data.tokenizers import load_tokenizer
-
-        tok = load_tokenizer(run.tokenizer_path)
-        dm = _TokenizerOnly(tok)
+    dm = _TokenizerOnly(load_tokenizer(run.tokenizer_path)) if family_of(cfg).tokenized else None
     module = build_module(cfg, dm)
     module.load_state_dict(state)
     module.eval()
     return module
+
+
+def standalone_run(path: str | Path) -> Run:
+    """A run folder for a checkpoint file on its own (copied, downloaded, its run folder gone).
+
+    Every checkpoint ``lab fit`` writes carries the run's resolved config and tokenizer
+    (``LabModule.record``). They are written beside it into ``<name>.run/`` (config.yaml,
+    tokenizer.json, and checkpoints/best.ckpt, a hard link to the file or a copy), so the
+    commands that take a run work on it unchanged and write their reports there.
+    """
+    from lab import runs
+    from lab.modules import CHECKPOINT_RECORD
+
+    path = Path(path)
+    record = load_checkpoint(path).get(CHECKPOINT_RECORD)
+    if not isinstance(record, dict) or not isinstance(record.get("config"), dict):
+        raise LabError(f"{path} carries no config (written by an older lab, or not by `lab fit`): "
+                       "give its run folder instead (`lab runs` lists them)")
+    folder = path.with_name(f"{path.stem}.run")
+    best = folder / "checkpoints" / "best.ckpt"
+    with storage_errors(folder):  # a full disk or read-only folder: one line naming it
+        best.parent.mkdir(parents=True, exist_ok=True)
+        if not best.exists():
+            try:
+                os.link(path, best)  # same file, no second copy of the weights
+            except OSError:  # another file system, or links not allowed: a copy
+                shutil.copyfile(path, best)
+        atomic_write(folder / runs.CONFIG, lambda f: f.write(yaml.safe_dump(record["config"], sort_keys=False).encode()))
+        if record.get("tokenizer"):
+            atomic_write(folder / runs.TOKENIZER, lambda f: f.write(record["tokenizer"].encode("utf-8")))
+    return runs.load_run(folder)
 
 
 class _TokenizerOnly:

@@ -19,10 +19,17 @@ Ctrl-C exits with 130 after marking the run ``interrupted``.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from pathlib import Path
 from typing import Any, Sequence
 
 from lab.errors import LabError
+
+DEFAULT_CONFIG = "gpt-nano"
+PRESETS = Path(__file__).parent / "configs"
+"""The bundled presets (``lab.config.PRESETS_DIR``; not imported here, to keep `lab --help` fast)."""
+"""What ``lab fit`` trains without --config."""
 
 OVERRIDES_HELP = (
     "Any config field can be overridden with a dotted flag, e.g. --trainer.max_steps 200 "
@@ -49,22 +56,26 @@ def table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
 
 def cmd_fit(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lab.config import load_config, to_yaml
-
+    from lab.config import load_config
+    from lab.config_docs import commented_yaml
     from lab.train import fit
 
     if args.resume:
+        if args.config is not None and args.resume != "last":
+            # --config only picks the experiment for `--resume last`; a named run keeps its own config.
+            raise LabError(f"--config cannot be combined with --resume {args.resume}: a resumed run trains with its "
+                           "own config.yaml; drop --config (dotted overrides such as --trainer.max_steps are allowed)")
         run = _resume_target(args, overrides)
         cfg = load_config(run.path / "config.yaml", overrides)
         if args.print_config:
-            print(to_yaml(cfg), end="")
+            print(commented_yaml(cfg), end="")
             return 0
         print(f"resuming {run.name}", flush=True)
         run = fit(cfg, runs_root=args.runs_dir, resume=run)
     else:
-        cfg = load_config(args.config, overrides)
+        cfg = load_config(args.config or DEFAULT_CONFIG, overrides)
         if args.print_config:
-            print(to_yaml(cfg), end="")
+            print(commented_yaml(cfg), end="")
             return 0
         run = fit(cfg, runs_root=args.runs_dir)
     from lab.strategies import launch_context
@@ -74,6 +85,17 @@ def cmd_fit(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def _run_or_checkpoint(args: argparse.Namespace) -> Any:
+    """The run a command names: ``<experiment>/<run_id>``, an id, a path, ``last`` -- or a .ckpt file on its own."""
+    from lab.runs import resolve_run
+
+    if str(args.run).endswith(".ckpt") and Path(args.run).is_file():
+        from lab.checkpoints import standalone_run
+
+        return standalone_run(args.run)
+    return resolve_run(args.run, args.runs_dir)
+
+
 def _resume_target(args: argparse.Namespace, overrides: list[str]) -> Any:
     """``--resume RUN`` or ``--resume last`` (the newest run of the --config's experiment)."""
     from lab.config import load_config
@@ -81,7 +103,7 @@ def _resume_target(args: argparse.Namespace, overrides: list[str]) -> Any:
 
     if args.resume != "last":
         return resolve_run(args.resume, args.runs_dir)
-    experiment = load_config(args.config, overrides).experiment
+    experiment = load_config(args.config or DEFAULT_CONFIG, overrides).experiment
     found = [r for r in list_runs(args.runs_dir) if r.experiment == experiment]
     if not found:
         raise LabError(f"no {experiment} runs under {runs_root(args.runs_dir)} to resume")
@@ -104,6 +126,8 @@ def cmd_quickstart(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.checkpoints import load_module
     from lab.train import fit
 
+    if args.tokens < 1:  # refused now, not after minutes of training
+        raise LabError(f"--tokens {args.tokens}: give a whole number >= 1 (characters to generate at the end)")
     cfg = load_config("gpt-nano", overrides)
     print(f"Training gpt-nano ({cfg.model.n_layer} layers, {cfg.model.n_embd} wide) on the bundled corpus "
           f"for {cfg.trainer.max_steps} steps on the CPU...", flush=True)
@@ -113,7 +137,7 @@ def cmd_quickstart(args: argparse.Namespace, overrides: list[str]) -> int:
     print(module.sample(args.tokens).strip())
     print("-" * 60 + "\n" + summary_table(run))
     print(f"\nRun folder: {run.path}\nNext:\n  tensorboard --logdir {run.path.parent.parent} --host 127.0.0.1\n"
-          f"  streamlit run dashboard/app.py\n  jupyter lab notebooks/\n  lab sample {run.name}")
+          f"  lab dashboard\n  jupyter lab notebooks/\n  lab sample {run.name}")
     return 0
 
 
@@ -135,21 +159,34 @@ def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_sample(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lab.runs import resolve_run
-    from lab.checkpoints import load_module
+    from lab.evaluate import load_checked
+    from lab.families import family_of
 
-    run = resolve_run(args.run, args.runs_dir)
-    if run.config.get("model", {}).get("name") != "gpt":
-        raise LabError(f"{run.name} is not a language model run: sampling needs a gpt run")
-    if args.tokens < 1 or args.temperature <= 0:
-        raise LabError("--tokens must be >= 1 and --temperature > 0")
-    module = load_module(run, args.ckpt)
+    run = _run_or_checkpoint(args)
+    if family_of(run.config).task != "lm":
+        raise LabError(f"{run.name} is not a language model run: pick a language model's run (e.g. gpt-nano) to "
+                       "sample from")
+    _check_sampling(args)
+    module = load_checked(run, args.ckpt)  # a checkpoint that does not fit the run is one line, not a traceback
     print(module.sample(args.tokens, temperature=args.temperature, top_k=args.top_k, seed=args.seed))
     return 0
 
 
+def _check_sampling(args: argparse.Namespace) -> None:
+    """Sampling options, refused before a checkpoint is loaded (nan passes every comparison)."""
+    if args.tokens < 1:
+        raise LabError(f"--tokens {args.tokens}: give a whole number >= 1 (tokens to generate)")
+    if not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise LabError(f"--temperature {args.temperature}: give a finite number > 0 (e.g. 0.8; lower is more "
+                       "conservative)")
+    if args.top_k is not None and args.top_k < 1:
+        raise LabError(f"--top_k {args.top_k}: give a whole number >= 1 (the likeliest tokens to sample among)")
+    if not 0 <= args.seed < 2**32:
+        raise LabError(f"--seed {args.seed}: give a whole number in [0, {2**32 - 1}]")
+
+
 def _measure_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, or 'last'")
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, 'last', or a .ckpt file on its own")
     p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
     p.add_argument("--split", default="test", help="test or val: the held-out split to measure quality on")
     p.add_argument("--max_batches", type=int, default=None, help="evaluate on the first N batches only (default: all)")
@@ -159,9 +196,8 @@ def _measure_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_evaluate(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.evaluate import evaluate, scalar_figures
-    from lab.runs import resolve_run
 
-    run = resolve_run(args.run, args.runs_dir)
+    run = _run_or_checkpoint(args)
     report = evaluate(run, args.ckpt, args.split, max_batches=args.max_batches, threads=args.threads,
                       repeats=args.repeats)
     rows = [{"figure": k, "value": v} for k, v in scalar_figures(report).items()]
@@ -180,16 +216,15 @@ def _method_options(args: argparse.Namespace) -> dict[str, Any]:
     for item in args.opt or []:
         key, eq, value = item.partition("=")
         if not eq or not key.isidentifier():
-            raise LabError(f"--opt takes KEY=VALUE (e.g. --opt temperature=2.0), got {item!r}")
+            raise LabError(f"--opt {item!r}: give KEY=VALUE, e.g. --opt temperature=2.0")
         options[key] = yaml.safe_load(value)
     return options
 
 
 def cmd_compress(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.compress import compress
-    from lab.runs import resolve_run
 
-    run = resolve_run(args.run, args.runs_dir)
+    run = _run_or_checkpoint(args)
     result = compress(run, args.method, ckpt=args.ckpt, split=args.split, max_batches=args.max_batches,
                       threads=args.threads, repeats=args.repeats, **_method_options(args))
     if args.method == "all":
@@ -208,9 +243,8 @@ def cmd_compress(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.export import export
-    from lab.runs import resolve_run
 
-    run = resolve_run(args.run, args.runs_dir)
+    run = _run_or_checkpoint(args)
     folder = export(run, args.format, out=args.out, ckpt=args.ckpt)
     print(f"exported {run.name} as {args.format} to {folder} (see its README.md)")
     return 0
@@ -222,6 +256,12 @@ def cmd_doctor(args: argparse.Namespace, overrides: list[str]) -> int:
     r = report(args.runs_dir, bench=args.bench)
     print(r.to_json() if args.json else r.to_text())
     return r.exit_code
+
+
+def cmd_dashboard(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.dashboard_server import serve
+
+    return serve(args.runs_dir, host=args.host, port=args.port)
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
@@ -240,6 +280,16 @@ def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_launch(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab import launch
 
+    if not 1 <= args.master_port <= 65535:
+        raise LabError(f"--master-port {args.master_port}: give a TCP port in [1, 65535] that is free on node 0")
+    if args.cpus_per_task is not None and args.cpus_per_task < 1:
+        raise LabError(f"--cpus-per-task {args.cpus_per_task}: give a whole number >= 1, or leave it out")
+    if args.out:
+        above = _first_existing(Path(args.out))
+        if above == Path(args.out) and above.is_dir():
+            raise LabError(f"--out {args.out} is a folder: give a file name, e.g. {Path(args.out) / 'launch.sh'}")
+        if not above.is_dir() and above != Path(args.out):
+            raise LabError(f"--out {args.out}: {above} is a file, not a folder; choose another path")
     if args.slurm:
         text = launch.sbatch_script(args.command, args.nodes, args.gpus_per_node, time=args.time,
                                     job_name=args.job_name, partition=args.partition, cpus_per_task=args.cpus_per_task)
@@ -252,19 +302,50 @@ def cmd_launch(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="lab", description="Large Model Lab: train, evaluate and compress models.")
+class _Parser(argparse.ArgumentParser):
+    """argparse with the lab's one-line refusals: ``error: ...`` and exit code 2, no usage block."""
+
+    def error(self, message: str) -> Any:  # subcommands' parsers are made from this class too
+        self.exit(2, f"error: {message}: see `{self.prog} --help`\n")
+
+
+def _fields_epilog(argv: Sequence[str]) -> str:
+    """``lab fit --help``'s list of every field of the config named on the line (default: gpt-nano),
+    with its value and its docstring: the dataclasses are the one source of this text."""
+    from lab.config import load_config
+    from lab.config_docs import fields_help
+
+    argv = list(argv)
+    name = DEFAULT_CONFIG
+    for i, tok in enumerate(argv):
+        if tok == "--config" and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif tok.startswith("--config="):
+            name = tok.split("=", 1)[1]
+    try:
+        cfg = load_config(name)
+    except LabError as e:
+        return f"{OVERRIDES_HELP}\n\n(no field list: {e})"
+    return f"{OVERRIDES_HELP}\n\nFields of {name} (current value): what each means and allows:\n{fields_help(cfg)}"
+
+
+def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
+    parser = _Parser(prog="lab", description="Large Model Lab: train, evaluate and compress models.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, help: str, fn: Any, overrides: bool = False, runs_dir: bool = True) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, epilog=OVERRIDES_HELP if overrides else None)
+        epilog = (fit_epilog if name == "fit" and fit_epilog else OVERRIDES_HELP) if overrides else None
+        p = sub.add_parser(name, help=help, description=help, epilog=epilog,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
         if runs_dir:  # only where the command reads or writes runs
-            p.add_argument("--runs_dir", default=None, help="runs root (default: $LAB_RUNS_DIR or ./runs)")
+            p.add_argument("--runs_dir", default=None, help="runs root (default: $LAB_RUNS_DIR, else runs/ of the lab repository you are in, else ./runs)")
         p.set_defaults(fn=fn, takes_overrides=overrides)
         return p
 
     p = add("fit", "Train a model from a preset or YAML config.", cmd_fit, overrides=True)
-    p.add_argument("--config", default="gpt-nano", help="preset name (gpt-nano, gpt-10m, gpt2-124m, digits-cnn, digits-vit, seed-mlp) or YAML path")
+    presets = ", ".join(sorted(f.stem for f in PRESETS.glob("*.yaml")))  # what lab.config.list_presets lists
+    p.add_argument("--config", default=None, help=f"preset name ({presets}) or YAML path (default: gpt-nano); "
+                   "`lab fit --config X --help` lists X's fields")
     p.add_argument("--print_config", action="store_true", help="print the fully resolved config and exit")
     p.add_argument("--resume", default=None, metavar="RUN",
                    help="continue RUN (or 'last': the newest run of --config's experiment) from its newest intact checkpoint")
@@ -273,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokens", type=int, default=300, help="characters of text to generate at the end")
     add("runs", "List the runs with their status and metrics.", cmd_runs)
     p = add("sample", "Generate text from a language-model run.", cmd_sample)
-    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, or 'last'")
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, 'last', or a .ckpt file on its own")
     p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
     p.add_argument("--tokens", type=int, default=300, help="tokens to generate")
     p.add_argument("--temperature", type=float, default=0.8, help="> 0; lower is more conservative")
@@ -291,7 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other method option (repeatable)")
     p = add("export", "Write a deployable artifact: onnx, torchscript or safetensors (+ config, tokenizer, README).",
             cmd_export)
-    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, or 'last'")
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, 'last', or a .ckpt file on its own")
     p.add_argument("--format", required=True, help="onnx, torchscript or safetensors")
     p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
     p.add_argument("--out", default=None, help="folder to write (default: runs/<exp>/<run>/export/<format>/)")
@@ -300,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON (a stable document, schema lab.env/1)")
     p.add_argument("--bench", action="store_true",
                    help="also measure matmul, memory bandwidth and all-reduce (seconds); caches the CPU peak for MFU")
+    p = add("dashboard", "Start the dashboard (Streamlit) on 127.0.0.1, over the runs of --runs_dir.", cmd_dashboard)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
     p = add("plan", "Estimate memory per device, FLOPs and time for training a config, and recommend a setup.",
             cmd_plan, overrides=True, runs_dir=False)
     p.add_argument("--config", default="gpt-nano", help="preset name or YAML path (any model the lab knows)")
@@ -314,7 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accumulate", type=int, default=None, help="micro-batches per optimizer step (default: config's)")
     p.add_argument("--activation_checkpointing", action="store_true", help="recompute block activations in backward")
     p.add_argument("--tokens", default=None, help="token (or sample) budget, e.g. 10B, 300M, 2.5e9: adds time to budget")
-    p.add_argument("--device", default=None, help="A100, A100-40GB, H100, H200, L4 or cpu (default: this machine's)")
+    p.add_argument("--device", default=None, help="A100, A100-40GB, H100, H200, L4, A10G, V100 or cpu (default: this machine's)")
     p.add_argument("--mfu", type=float, default=0.4, help="model-FLOPs utilisation assumed for times (default 0.4)")
     p.add_argument("--host_memory", default=None, help="RAM per node for CPU offload, e.g. 2T (default: this machine's)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
@@ -338,12 +422,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _first_existing(path: Path) -> Path:
+    """``path`` or its nearest ancestor that exists (what a mkdir -p would have to start from)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def _check_runs_dir(args: argparse.Namespace) -> None:
+    """A runs root inside a file can hold no runs: refused before a command reads or writes it.
+
+    ``lab doctor`` is left to report it among its checks (exit code 1).
+    """
+    if not hasattr(args, "runs_dir") or args.fn is cmd_doctor:
+        return
+    from lab.runs import runs_root
+
+    root = runs_root(args.runs_dir)
+    probe = _first_existing(root)
+    if probe.exists() and not probe.is_dir():
+        where = "is a file" if probe == root else f"is inside {probe}, which is a file"
+        raise LabError(f"runs folder {root} {where}: pass --runs_dir (or set LAB_RUNS_DIR) to a folder")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    wants_fit_help = argv[:1] == ["fit"] and ("-h" in argv or "--help" in argv)
+    parser = build_parser(_fields_epilog(argv) if wants_fit_help else None)
     args, rest = parser.parse_known_args(argv)
     if rest and not args.takes_overrides:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
+        _check_runs_dir(args)
         return args.fn(args, rest)
     except LabError as e:
         print(f"error: {e}", file=sys.stderr)

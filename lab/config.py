@@ -18,6 +18,7 @@ allowed range, raised before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
@@ -28,11 +29,12 @@ from typing import Any, Iterable, Mapping
 import yaml
 
 from lab.data import DATAMODULES
+from lab.families import family
 from lab.data.corpus import check_source
 from lab.data.splits import validate_data_config
 from lab.data.tokenizers import MIN_BPE_VOCAB, TOKENIZER_KINDS
-from lab.errors import ConfigError, LabError
-from lab.models import MODELS
+from lab.errors import ConfigError, LabError, require, require_positive
+from lab.optim import OptimizerConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
 """Bundled presets (``configs/`` at the repo's top level links here)."""
@@ -45,10 +47,12 @@ FSDP_STATE_DICTS = ("full", "sharded")
 FSDP_SHARDINGS = ("FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64-true")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps")
-OPTIMIZERS = ("adamw", "sgd")
-SCHEDULES = ("cosine", "constant")
-# Which data each model family trains on: a mismatch is refused before any work.
-MODEL_DATA = {"gpt": "text", "cnn": "digits", "vit": "digits", "mlp": "regression"}
+INT_LIMIT = 2**63
+"""Whole numbers must stay below this in size: torch and NumPy hold them in 64 bits."""
+SEED_LIMIT = 2**32
+"""NumPy's seeds (which ``seed_everything`` sets) are 32-bit."""
+COLLECTIVE_TIMEOUT_LIMIT_S = 365 * 24 * 3600
+"""A year: Python's timedelta (which the process group's timeout becomes) ends long before 2**63 seconds."""
 
 
 @dataclass
@@ -96,27 +100,32 @@ class TrainerConfig:
     collective_timeout_s: int = 1800
     """Seconds a rank waits in a collective before giving up, so a dead rank ends the job instead of hanging it."""
 
-
-@dataclass
-class OptimizerConfig:
-    """The optimizer and learning-rate schedule, built by ``lab.modules``."""
-
-    name: str = "adamw"
-    """adamw (decay on matrices only) or sgd."""
-    lr: float = 1e-3
-    """Peak learning rate (never rescaled silently with the batch size)."""
-    weight_decay: float = 0.1
-    """Decoupled weight decay (AdamW) or L2 penalty (SGD)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW's moment decay rates."""
-    momentum: float = 0.9
-    """SGD momentum."""
-    warmup_steps: int = 50
-    """Linear warm-up from 0 to lr over this many steps."""
-    schedule: str = "cosine"
-    """After warm-up: cosine decay to min_lr_ratio * lr at max_steps, or constant."""
-    min_lr_ratio: float = 0.1
-    """Final learning rate as a fraction of lr (cosine schedule)."""
+    def validate(self) -> None:
+        """Refuse invalid values with a ConfigError naming the field, the value and the allowed range."""
+        t = self
+        require(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "a whole number >= 1")
+        require(t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"one of {', '.join(ACCELERATORS)}")
+        require(t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1), "trainer.devices", t.devices,
+                'a whole number >= 1 or "auto"')
+        require(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "a whole number >= 1")
+        require(t.strategy in STRATEGIES, "trainer.strategy", t.strategy, f"one of {', '.join(STRATEGIES)}")
+        require(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
+        require(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches,
+                "a whole number >= 1")
+        require(t.gradient_clip_val is None or t.gradient_clip_val > 0, "trainer.gradient_clip_val",
+                t.gradient_clip_val, "a number > 0, or null for no clipping")
+        for key in ("val_check_interval", "limit_val_batches", "log_every_n_steps"):
+            require(getattr(t, key) >= 1, f"trainer.{key}", getattr(t, key), "a whole number >= 1")
+        require(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1,
+                "trainer.checkpoint_every_n_steps", t.checkpoint_every_n_steps, "a whole number >= 1, or null")
+        require(t.fsdp_state_dict in FSDP_STATE_DICTS, "trainer.fsdp_state_dict", t.fsdp_state_dict,
+                f"one of {', '.join(FSDP_STATE_DICTS)}")
+        require(t.fsdp_sharding in FSDP_SHARDINGS, "trainer.fsdp_sharding", t.fsdp_sharding,
+                f"one of {', '.join(FSDP_SHARDINGS)}")
+        require(1 <= t.collective_timeout_s <= COLLECTIVE_TIMEOUT_LIMIT_S, "trainer.collective_timeout_s",
+                t.collective_timeout_s, f"a whole number of seconds in [1, {COLLECTIVE_TIMEOUT_LIMIT_S}] (a year)")
+        require(t.early_stopping_patience is None or t.early_stopping_patience >= 1,
+                "trainer.early_stopping_patience", t.early_stopping_patience, "a whole number >= 1, or null")
 
 
 @dataclass
@@ -127,8 +136,8 @@ class Config:
     """Runs are grouped under runs/<experiment>/."""
     seed: int = 1337
     """Seeds Python, NumPy, torch and the data windows: same seed, same run."""
-    model: Any = field(default_factory=lambda: MODELS["gpt"][0]())
-    """Model section; ``model.name`` picks gpt, cnn, vit or mlp."""
+    model: Any = field(default_factory=lambda: family(DEFAULT_MODEL).config())
+    """Model section; ``model.name`` picks the family (gpt, cnn, vit, mlp, ... : ``lab.families``)."""
     data: Any = field(default_factory=lambda: DATAMODULES["text"][0]())
     """Data section; ``data.name`` picks text, digits or regression."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -150,10 +159,8 @@ def _plain(obj: Any) -> Any:
 
 
 SECTIONS: dict[str, type] = {"trainer": TrainerConfig, "optimizer": OptimizerConfig}
-TAGGED: dict[str, dict[str, type]] = {
-    "model": {name: cls for name, (cls, _) in MODELS.items()},
-    "data": {name: cls for name, (cls, _) in DATAMODULES.items()},
-}
+DEFAULT_MODEL = "gpt"
+"""``model.name`` when a config names none (the lab's main job: a GPT on the bundled corpus)."""
 
 
 def list_presets() -> list[str]:
@@ -162,19 +169,40 @@ def list_presets() -> list[str]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Parse a YAML mapping safely (``!!python/...`` tags are refused)."""
+    """Parse a YAML mapping safely (``!!python/...`` tags are refused).
+
+    An empty file is refused too: training the defaults because a file came out empty (a
+    failed download, an editor that crashed) would look like success.
+    """
+    if Path(path).is_dir():
+        raise LabError(f"config {path} is a folder: give a YAML file in it, or one of the presets {list_presets()}")
     try:
         text = Path(path).read_text(encoding="utf-8")
         data = yaml.safe_load(text)
     except FileNotFoundError:
         raise LabError(f"config file {path} does not exist: give a path or one of the presets {list_presets()}")
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise LabError(f"config file {path} is not valid YAML: {e}".splitlines()[0])
+        raise LabError(f"config file {path} is not valid YAML ({yaml_problem(e)}): fix it, or give a preset") from None
+    except OSError as e:
+        raise LabError(f"cannot read config file {path}: {e.strerror or e}; check the path and its permissions")
     if data is None:
-        return {}
+        raise LabError(f"config file {path} is empty: write the fields to change (see `lab fit --print_config`), "
+                       "or give a preset")
     if not isinstance(data, dict):
-        raise LabError(f"config file {path} must hold a mapping with model/data/trainer/optimizer sections")
+        raise LabError(f"config file {path} must hold a mapping: write it as model:, data:, trainer:, optimizer: "
+                       "sections (see `lab fit --print_config`)")
     return data
+
+
+def yaml_problem(e: Exception) -> str:
+    """One line for a YAML (or encoding) error: where it is and what is wrong, e.g.
+    ``line 3: could not find expected ':'`` or ``line 1: a !!python/object tag, which is never run``."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    if "constructor for the tag" in problem:
+        tag = problem.split("tag", 1)[1].strip(" '").replace("tag:yaml.org,2002:", "!!")
+        problem = f"a {tag} tag, which is never run"
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
 
 
 def load_config(source: str | Path | None = None, overrides: Iterable[str] | Mapping[str, Any] = ()) -> Config:
@@ -210,7 +238,7 @@ def parse_overrides(tokens: list[str]) -> dict[str, str]:
         key, eq, value = tok[2:].partition("=")
         if not eq:
             if i + 1 >= len(tokens):
-                raise LabError(f"--{key} needs a value, e.g. --{key} VALUE")
+                raise LabError(f"--{key} needs a value: give one, e.g. --{key} VALUE")
             value = tokens[i + 1]
             i += 1
         pairs[key] = value
@@ -243,16 +271,19 @@ def from_dict(raw: Mapping[str, Any]) -> Config:
             kwargs[key] = _coerce(key, raw[key], typing.get_type_hints(Config)[key])
     for section, cls in SECTIONS.items():
         kwargs[section] = _build(section, cls, raw.get(section) or {})
-    model_name = str((raw.get("model") or {}).get("name", "gpt"))
-    data_name = str((raw.get("data") or {}).get("name", MODEL_DATA.get(model_name, "text")))
-    for section, name in (("model", model_name), ("data", data_name)):
-        if name not in TAGGED[section]:
-            raise ConfigError(f"{section}.name", name, f"one of {', '.join(TAGGED[section])}")
-    _check(MODEL_DATA[model_name] == data_name, "data.name", data_name,
-           f"{MODEL_DATA[model_name]} (the data model.name={model_name} trains on)")
-    kwargs["model"] = _build("model", TAGGED["model"][model_name], raw.get("model") or {})
-    kwargs["data"] = _build("data", TAGGED["data"][data_name], raw.get("data") or {})
+    fam = family(str((raw.get("model") or {}).get("name", DEFAULT_MODEL)))
+    data_name = str((raw.get("data") or {}).get("name", fam.data[0]))
+    _check_data(fam, data_name)
+    kwargs["model"] = _build("model", fam.config, raw.get("model") or {})
+    kwargs["data"] = _build("data", DATAMODULES[data_name][0], raw.get("data") or {})
     return Config(**kwargs)
+
+
+def _check_data(fam: Any, data_name: str) -> None:
+    """The data a family trains on: a mismatch is refused before any work."""
+    require(data_name in DATAMODULES, "data.name", data_name, f"one of {', '.join(DATAMODULES)}")
+    require(data_name in fam.data, "data.name", data_name,
+           f"{' or '.join(fam.data)} (the data model.name={fam.name} trains on)")
 
 
 def _build(section: str, cls: type, values: Any) -> Any:
@@ -277,7 +308,10 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value in _NULLS and type(None) in args:
             return None
-        for arg in (a for a in args if a is not type(None)):
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:  # "X or null": X's own message says more than a list of type names
+            return _coerce(name, value, options[0])
+        for arg in options:
             try:
                 return _coerce(name, value, arg)
             except ConfigError:
@@ -299,20 +333,29 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
             return value.lower() in ("true", "yes", "1")
         raise ConfigError(name, value, "true or false")
     if tp is int:
+        number: int | None = None
         if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
-            return int(value)
-        raise ConfigError(name, value, "a whole number")
+            number = value
+        elif isinstance(value, float) and value.is_integer():
+            number = int(value)
+        elif isinstance(value, str) and re.fullmatch(r"[+-]?\d+", value.strip()):
+            number = int(value)
+        if number is None:
+            raise ConfigError(name, value, "a whole number")
+        # torch, NumPy and Lightning store these in 64-bit integers: a larger one would only
+        # fail later, deep inside them, with an OverflowError.
+        require(abs(number) < INT_LIMIT, name, value, "a whole number that fits in 64 bits (below 2**63)")
+        return number
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
         try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise ConfigError(name, value, "a number") from None
+            number_f = float(value) if not isinstance(value, bool) else None
+        except (TypeError, ValueError, OverflowError):
+            number_f = None
+        if number_f is None:
+            raise ConfigError(name, value, "a number")
+        # inf and nan pass every "> 0" check (nan fails them all silently) and ruin training.
+        require(math.isfinite(number_f), name, value, "a finite number (not inf or nan)")
+        return number_f
     if tp is str:
         if isinstance(value, str):
             return value
@@ -320,83 +363,22 @@ def _coerce(name: str, value: Any, tp: Any) -> Any:
     return value
 
 
-def _check(ok: bool, name: str, value: Any, expected: str, hint: str = "") -> None:
-    if not ok:
-        raise ConfigError(name, value, expected, hint)
-
-
 def validate(cfg: Config) -> None:
     """Refuse invalid values with a ConfigError naming field, value and allowed range."""
-    _check(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.experiment)), "experiment", cfg.experiment,
+    require(bool(re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", cfg.experiment)), "experiment", cfg.experiment,
            "a name of letters, digits, '.', '_' or '-' (it becomes a folder under runs/)")
-    _check(cfg.seed >= 0, "seed", cfg.seed, "a whole number >= 0")
-    m, d, t, o = cfg.model, cfg.data, cfg.trainer, cfg.optimizer
-    _check(MODEL_DATA.get(m.name) == d.name, "data.name", d.name, f"{MODEL_DATA.get(m.name)} (the data model.name={m.name} trains on)")
-    _validate_model(m)
+    require(0 <= cfg.seed < SEED_LIMIT, "seed", cfg.seed, f"a whole number in [0, {SEED_LIMIT - 1}]")
+    m, d = cfg.model, cfg.data
+    fam = family(m.name)
+    _check_data(fam, d.name)
+    m.validate()
     _validate_data(d)
-    if m.name == "mlp":
-        _check(m.in_features == d.n_features, "model.in_features", m.in_features,
-               f"data.n_features={d.n_features} (the model's input width must match the data)")
-    _check(t.max_steps >= 1, "trainer.max_steps", t.max_steps, "a whole number >= 1")
-    _check(t.accelerator in ACCELERATORS, "trainer.accelerator", t.accelerator, f"one of {', '.join(ACCELERATORS)}")
-    _check(t.devices == "auto" or (isinstance(t.devices, int) and t.devices >= 1), "trainer.devices", t.devices,
-           'a whole number >= 1 or "auto"')
-    _check(t.num_nodes >= 1, "trainer.num_nodes", t.num_nodes, "a whole number >= 1")
-    _check(t.strategy in STRATEGIES, "trainer.strategy", t.strategy, f"one of {', '.join(STRATEGIES)}")
-    _check(t.precision in PRECISIONS, "trainer.precision", t.precision, f"one of {', '.join(PRECISIONS)}")
-    _check(t.accumulate_grad_batches >= 1, "trainer.accumulate_grad_batches", t.accumulate_grad_batches, "a whole number >= 1")
-    _check(t.gradient_clip_val is None or t.gradient_clip_val > 0, "trainer.gradient_clip_val", t.gradient_clip_val,
-           "a number > 0, or null for no clipping")
-    for key in ("val_check_interval", "limit_val_batches", "log_every_n_steps"):
-        _check(getattr(t, key) >= 1, f"trainer.{key}", getattr(t, key), "a whole number >= 1")
-    _check(t.checkpoint_every_n_steps is None or t.checkpoint_every_n_steps >= 1, "trainer.checkpoint_every_n_steps",
-           t.checkpoint_every_n_steps, "a whole number >= 1, or null")
-    _check(t.fsdp_state_dict in FSDP_STATE_DICTS, "trainer.fsdp_state_dict", t.fsdp_state_dict,
-           f"one of {', '.join(FSDP_STATE_DICTS)}")
-    _check(t.fsdp_sharding in FSDP_SHARDINGS, "trainer.fsdp_sharding", t.fsdp_sharding, f"one of {', '.join(FSDP_SHARDINGS)}")
-    _check(t.collective_timeout_s >= 1, "trainer.collective_timeout_s", t.collective_timeout_s, "a whole number >= 1")
-    _check(not t.activation_checkpointing or m.name in ("gpt", "vit"), "trainer.activation_checkpointing",
-           t.activation_checkpointing, "false for this model", "only transformer blocks (gpt, vit) are checkpointed")
-    _check(t.early_stopping_patience is None or t.early_stopping_patience >= 1, "trainer.early_stopping_patience",
-           t.early_stopping_patience, "a whole number >= 1, or null")
-    _check(o.name in OPTIMIZERS, "optimizer.name", o.name, f"one of {', '.join(OPTIMIZERS)}")
-    _check(o.lr > 0, "optimizer.lr", o.lr, "a number > 0 (typical: 1e-4 to 1e-2 for AdamW)")
-    _check(o.weight_decay >= 0, "optimizer.weight_decay", o.weight_decay, "a number >= 0")
-    _check(all(0 <= b < 1 for b in o.betas), "optimizer.betas", list(o.betas), "two numbers in [0, 1)")
-    _check(0 <= o.momentum < 1, "optimizer.momentum", o.momentum, "a number in [0, 1)")
-    _check(o.warmup_steps >= 0, "optimizer.warmup_steps", o.warmup_steps, "a whole number >= 0")
-    _check(o.schedule in SCHEDULES, "optimizer.schedule", o.schedule, f"one of {', '.join(SCHEDULES)}")
-    _check(0 <= o.min_lr_ratio <= 1, "optimizer.min_lr_ratio", o.min_lr_ratio, "a number in [0, 1]")
-
-
-def _positive(section: str, obj: Any, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        if isinstance(v, tuple):
-            _check(len(v) > 0 and all(x >= 1 for x in v), f"{section}.{n}", list(v), "a non-empty list of whole numbers >= 1")
-        else:
-            _check(v >= 1, f"{section}.{n}", v, "a whole number >= 1")
-
-
-def _validate_model(m: Any) -> None:
-    if m.name == "gpt":
-        _positive("model", m, "n_layer", "n_head", "n_embd", "block_size")
-        _check(m.vocab_size is None or m.vocab_size >= 1, "model.vocab_size", m.vocab_size,
-               "a whole number >= 1, or null to take it from the tokenizer")
-    elif m.name == "vit":
-        _positive("model", m, "image_size", "patch_size", "n_layer", "n_head", "n_embd", "num_classes")
-        _check(m.image_size % m.patch_size == 0, "model.patch_size", m.patch_size,
-               f"a divisor of model.image_size={m.image_size}")
-    elif m.name == "cnn":
-        _positive("model", m, "channels", "hidden", "num_classes", "image_size")
-    elif m.name == "mlp":
-        _positive("model", m, "in_features", "hidden", "out_features")
-        _check(m.activation in ("relu", "gelu", "tanh"), "model.activation", m.activation, "one of relu, gelu, tanh")
-    if hasattr(m, "n_head"):
-        _check(m.n_embd % m.n_head == 0, "model.n_embd", m.n_embd, f"a multiple of model.n_head={m.n_head}",
-               "each attention head gets n_embd / n_head channels")
-    if hasattr(m, "dropout"):
-        _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    if fam.check is not None:
+        fam.check(cfg)  # the model against its data (e.g. an MLP's input width)
+    cfg.trainer.validate()
+    require(not cfg.trainer.activation_checkpointing or bool(fam.blocks), "trainer.activation_checkpointing",
+           True, "false for this model", f"{fam.name} has no transformer blocks to recompute")
+    cfg.optimizer.validate()
 
 
 def _validate_data(d: Any) -> None:
@@ -405,14 +387,14 @@ def _validate_data(d: Any) -> None:
     validate_data_config(d)
     if d.name == "text":
         check_source(d)
-        _check(d.tokenizer in TOKENIZER_KINDS, "data.tokenizer", d.tokenizer, " or ".join(TOKENIZER_KINDS))
-        _check(d.tokenizer != "bpe" or d.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", d.vocab_size,
+        require(d.tokenizer in TOKENIZER_KINDS, "data.tokenizer", d.tokenizer, " or ".join(TOKENIZER_KINDS))
+        require(d.tokenizer != "bpe" or d.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", d.vocab_size,
                f"a whole number >= {MIN_BPE_VOCAB} (byte-level BPE starts from 256 byte tokens)")
-        _check(d.path is None or Path(d.path).exists(), "data.path", d.path,
+        require(d.path is None or Path(d.path).exists(), "data.path", d.path,
                "an existing UTF-8 text file or folder", "leave it out to use the bundled corpus")
     elif d.name == "regression":
-        _positive("data", d, "n_samples", "n_features")
-        _check(d.noise >= 0, "data.noise", d.noise, "a number >= 0")
+        require_positive("data", d, "n_samples", "n_features")
+        require(d.noise >= 0, "data.noise", d.noise, "a number >= 0")
 
 
 def to_yaml(cfg: Config) -> str:
@@ -430,3 +412,18 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+def config_values(configs: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """Every dotted key of the configs, sorted -> one value per config (None where one lacks it)."""
+    flat = [flatten(c) for c in configs]
+    keys = sorted(set().union(*flat)) if flat else []
+    return {k: [f.get(k) for f in flat] for k in keys}
+
+
+def config_diff(configs: Iterable[Mapping[str, Any]]) -> dict[str, list[Any]]:
+    """The keys of ``config_values`` whose values differ between the configs (``1`` and ``1.0`` do not).
+
+    The one comparison of configs: the dashboard's Compare page and the notebook comparer both show it.
+    """
+    return {k: vals for k, vals in config_values(configs).items() if any(v != vals[0] for v in vals[1:])}

@@ -32,8 +32,10 @@ import torch.nn.functional as F
 from lab import runs
 from lab.config import Config, from_dict
 from lab.cost import Predict, cost, fixed_threads, num_params, state_bytes
+from lab.families import build_datamodule, family_of
 from lab.errors import LabError
-from lab.fileio import atomic_write, write_json
+from lab.fileio import (atomic_write, check_writable, quiet_tensorboard_writer_errors, read_only_run_advice,
+                        storage_errors, write_json)
 
 KINDS = ("lm", "classifier", "regressor")
 PRIMARY = {"lm": ("loss", False), "classifier": ("accuracy", True), "regressor": ("mse", False)}
@@ -43,8 +45,8 @@ REPORT_VERSION = 1
 
 
 def kind_of(cfg: Config) -> str:
-    """``lm`` for gpt, ``regressor`` for mlp, ``classifier`` for the image models."""
-    return {"gpt": "lm", "mlp": "regressor"}.get(cfg.model.name, "classifier")
+    """The task kind the model's family declares: ``lm``, ``classifier`` or ``regressor``."""
+    return family_of(cfg).task
 
 
 # --------------------------------------------------------------------------- loading
@@ -81,23 +83,26 @@ def load_checked(run: runs.Run, ckpt: str = "best") -> Any:
     path = checkpoint_path(run, ckpt)
     if not path.is_file():
         have = sorted(p.name for p in run.checkpoints_dir.glob("*.ckpt")) if run.checkpoints_dir.is_dir() else []
-        raise LabError(f"no checkpoint {path}: the run has {have or 'no checkpoints'}")
+        raise LabError(f"no checkpoint {path}: the run has {have or 'no checkpoints'}; use one of them "
+                       "(--ckpt best, last or a path)")
     try:
         return load_module(run, ckpt)
     except LabError:
         raise
     except FileNotFoundError as e:
-        raise LabError(f"{run.name}: {e.filename or e} is missing; the run folder is incomplete") from None
+        raise LabError(f"{run.name}: {e.filename or e} is missing; the run folder is incomplete: restore it "
+                       "or train again") from None
     except RuntimeError as e:
-        first = str(e).splitlines()[0][:200]
+        first = (str(e).splitlines() or [""])[0][:200]
         detail = "; ".join(line.strip() for line in str(e).splitlines()[1:3])[:300]
-        raise LabError(f"checkpoint {path} does not match the run's config.yaml ({first} {detail})") from None
+        # A text run's vocabulary comes from tokenizer.json: a replaced tokenizer changes the embedding's shape.
+        files = "config.yaml and tokenizer.json" if run.tokenizer_path.exists() else "config.yaml"
+        raise LabError(f"checkpoint {path} does not match the run's {files} ({first} {detail}): the run folder "
+                       "changed since training; restore its files or train again") from None
 
 
 def load_data(cfg: Config, split: str, module: Any = None) -> Any:
     """The run's DataModule, prepared and set up for fitting and for ``split``."""
-    from lab.train import build_datamodule
-
     if split not in SPLITS:
         raise LabError(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
     if split == "test" and cfg.data.test_fraction <= 0:
@@ -237,8 +242,17 @@ def measure(run: runs.Run, module: Any, dm: Any, cfg: Config, ckpt: str, split: 
 
 def default_settings(max_batches: int | None = None, threads: int | None = None, repeats: int = 20,
                      warmup: int = 3, batch_sizes: Iterable[int] = (1, 32)) -> dict[str, Any]:
+    # Checked before any loading: torch.set_num_threads(-1) fails deep inside the measurement.
     if max_batches is not None and max_batches < 1:
-        raise LabError("max_batches must be >= 1")
+        raise LabError(f"max_batches = {max_batches}: give a whole number >= 1, or leave it out to use every batch")
+    if threads is not None and threads < 1:
+        raise LabError(f"threads = {threads}: give a whole number >= 1, or leave it out to use torch's default")
+    if repeats < 1 or warmup < 0:
+        raise LabError(f"repeats = {repeats}, warmup = {warmup}: give repeats >= 1 and warmup >= 0 (timed and "
+                       "untimed runs per batch size)")
+    batch_sizes = list(batch_sizes)
+    if not batch_sizes or any(int(b) < 1 for b in batch_sizes):
+        raise LabError(f"batch_sizes = {batch_sizes}: give one or more whole numbers >= 1")
     return {"max_batches": max_batches, "threads": int(threads or torch.get_num_threads()), "repeats": int(repeats),
             "warmup": int(warmup), "batch_sizes": sorted({int(b) for b in batch_sizes})}
 
@@ -253,6 +267,7 @@ def evaluate(run: runs.Run | str | Path, ckpt: str = "best", split: str = "test"
     """
     run = run if isinstance(run, runs.Run) else runs.resolve_run(run, runs_root)
     settings = default_settings(max_batches, threads, repeats, warmup, batch_sizes)
+    check_writable(run.path, if_read_only=read_only_run_advice(run.name))  # before minutes of measuring
     cfg = run_config(run)
     module = load_checked(run, ckpt)
     dm = load_data(cfg, split, module)
@@ -262,17 +277,21 @@ def evaluate(run: runs.Run | str | Path, ckpt: str = "best", split: str = "test"
 
 
 def write_report(run: runs.Run, report: dict[str, Any], log: bool = True) -> Path:
-    """Write the eval report (and confusion matrix PNG) atomically; log figures to TensorBoard."""
+    """Write the eval report (and confusion matrix PNG) atomically; log figures to TensorBoard.
+
+    A full disk or read-only run folder raises one ``StorageError`` line (TensorBoard's writer included).
+    """
     label = report["label"]
     png = None
-    if report["kind"] == "classifier":
-        png = run.reports_dir / f"confusion-{label}.png"
-        image = save_confusion_png(report["quality"]["confusion_matrix"], png,
-                                   title=f"{run.name} {label} ({report['split']})")
-        report["confusion_png"] = str(png)
-    path = write_json(run.eval_report(label), report)
-    if log:
-        log_report(run, report, image if png else None)
+    with storage_errors(run.reports_dir, if_read_only=read_only_run_advice(run.name)):
+        if report["kind"] == "classifier":
+            png = run.reports_dir / f"confusion-{label}.png"
+            image = save_confusion_png(report["quality"]["confusion_matrix"], png,
+                                       title=f"{run.name} {label} ({report['split']})")
+            report["confusion_png"] = str(png)
+        path = write_json(run.eval_report(label), report)
+        if log:
+            log_report(run, report, image if png else None)
     return path
 
 
@@ -296,6 +315,7 @@ def log_report(run: runs.Run, report: dict[str, Any], confusion: np.ndarray | No
     """Scalars under ``eval/<ckpt>/...`` in the run's own TensorBoard folder."""
     from torch.utils.tensorboard import SummaryWriter
 
+    quiet_tensorboard_writer_errors()  # a full disk: one line from write_report, not the writer thread's traceback
     step = int(run.summary.get("step") or 0)
     writer = SummaryWriter(log_dir=str(run.path), filename_suffix=".eval")
     try:

@@ -31,8 +31,9 @@ from torch import nn
 from lab import runs
 from lab.compress.parity import max_abs_diff, parity_inputs
 from lab.config import from_dict
+from lab.families import ModelFamily, family_of
 from lab.errors import LabError
-from lab.fileio import atomic_write_text
+from lab.fileio import atomic_write_text, check_writable, read_only_run_advice, storage_errors
 
 FORMATS = ("onnx", "torchscript", "safetensors")
 WEIGHTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
@@ -47,34 +48,47 @@ def export(run: runs.Run | str | Path, fmt: str, out: str | Path | None = None, 
     if fmt not in FORMATS:
         raise LabError(f"unknown export format {fmt!r}: choose one of {', '.join(FORMATS)}")
     run = run if isinstance(run, runs.Run) else runs.resolve_run(run, runs_root)
+    target = Path(out) if out is not None else run.export_dir(fmt)
+    _check_target(target)  # before loading anything: a bad --out is refused at once
+    read_only = "choose a writable --out folder" if out is not None else read_only_run_advice(run.name)
+    check_writable(target.parent, if_read_only=read_only)  # a read-only folder too
     cfg = run_config(run)
+    fam = family_of(cfg)
+    if fmt not in fam.export_formats:
+        raise LabError(f"{fam.name} models export as {', '.join(fam.export_formats)}, not {fmt}")
     module = load_checked(run, ckpt)
     model = module.model.eval()
     dm = load_data(cfg, "val", module)
     batches = [x for _, (x, _) in zip(range(2), dm.val_dataloader())]
-    target = Path(out) if out is not None else run.export_dir(fmt)
-    _check_target(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        config = cfg.to_dict()
-        if getattr(model.config, "vocab_size", None) is not None:
-            config["model"]["vocab_size"] = int(model.config.vocab_size)
-        atomic_write_text(tmp / "config.yaml", yaml.safe_dump(config, sort_keys=False))
-        if run.tokenizer_path.exists():
-            shutil.copyfile(run.tokenizer_path, tmp / "tokenizer.json")
-        check = _WRITERS[fmt](model, batches, tmp / WEIGHTS[fmt])
-        atomic_write_text(tmp / "README.md", readme(fmt, run, cfg.model.name, list(batches[0].shape), check))
-        _replace_dir(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    # The exporters write with their own code (torch.onnx, torch.jit, safetensors): a full disk
+    # or unwritable folder there still ends in one StorageError line.
+    with storage_errors(target.parent, target=target, if_read_only=read_only):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            config = cfg.to_dict()
+            if getattr(model.config, "vocab_size", None) is not None:
+                config["model"]["vocab_size"] = int(model.config.vocab_size)
+            atomic_write_text(tmp / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+            if run.tokenizer_path.exists():
+                shutil.copyfile(run.tokenizer_path, tmp / "tokenizer.json")
+            check = _WRITERS[fmt](model, batches, tmp / WEIGHTS[fmt])
+            atomic_write_text(tmp / "README.md", readme(fmt, run, family_of(cfg), list(batches[0].shape), check))
+            _replace_dir(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return target
 
 
 def _check_target(target: Path) -> None:
     """An existing target is replaced only if it is empty or an earlier export (never a user's folder)."""
     if not target.exists():
+        above = target.parent
+        while not above.exists() and above != above.parent:
+            above = above.parent
+        if not above.is_dir():
+            raise LabError(f"cannot write {target}: {above} is a file, not a folder; choose another --out")
         return
     ours = {"README.md", "config.yaml", "tokenizer.json", *WEIGHTS.values()}
     if not target.is_dir() or any(p.name not in ours for p in target.iterdir()):
@@ -125,8 +139,6 @@ def load_safetensors(folder: str | Path) -> nn.Module:
     """
     from safetensors.torch import load_model
 
-    from lab.models import build_model
-
     folder = Path(folder)
     cfg_path, weights = folder / "config.yaml", folder / WEIGHTS["safetensors"]
     for p in (cfg_path, weights):
@@ -135,7 +147,7 @@ def load_safetensors(folder: str | Path) -> nn.Module:
     cfg = from_dict(yaml.safe_load(cfg_path.read_text(encoding="utf-8")) or {})
     if getattr(cfg.model, "vocab_size", 0) is None:
         raise LabError(f"{cfg_path} has no model.vocab_size: re-export with `lab export RUN --format safetensors`")
-    model = build_model(cfg.model)
+    model = family_of(cfg).build(cfg.model)
     try:
         load_model(model, str(weights), strict=True)
     except Exception as e:
@@ -143,12 +155,10 @@ def load_safetensors(folder: str | Path) -> nn.Module:
     return model.eval()
 
 
-def readme(fmt: str, run: runs.Run, model_name: str, shape: list[int], check: dict[str, Any]) -> str:
+def readme(fmt: str, run: runs.Run, fam: ModelFamily, shape: list[int], check: dict[str, Any]) -> str:
     """The exported folder's README: what is in it and a small predict/generate example."""
-    lm = model_name == "gpt"
-    what = {"gpt": "A GPT language model: token ids [batch, sequence] -> logits [batch, sequence, vocab]",
-            "mlp": "An MLP regressor: features [batch, in_features] -> outputs [batch, out_features]"}.get(
-        model_name, "An image classifier: images [batch, 1, H, W] -> logits [batch, classes]")
+    lm = fam.task == "lm"
+    what = fam.describe or f"A {fam.name} model"
     head = (f"# {run.name} — {fmt} export\n\n{what}. Exported from `{run.name}` with `lab export`; "
             f"checked against PyTorch on real inputs (max abs difference {check['max_abs_diff']:.3g}, "
             f"tolerance {check['tolerance']:g}). Example input shape: {shape}.\n\n"
@@ -185,7 +195,7 @@ def readme(fmt: str, run: runs.Run, model_name: str, shape: list[int], check: di
                 "print(generate(\"def \"))\n```\n")
     else:
         example = "torch.randn(4, " + ", ".join(str(s) for s in shape[1:]) + ")"
-        post = ".argmax(-1)   # predicted classes" if model_name != "mlp" else "   # predictions"
+        post = ".argmax(-1)   # predicted classes" if fam.task == "classifier" else "   # predictions"
         body = (f"```python\nimport torch\n{load}\n"
                 f"def predict(x: torch.Tensor) -> torch.Tensor:\n"
                 f"    with torch.no_grad():\n        return {call}(x){post}\n\n"

@@ -5,12 +5,13 @@
     check_supported(cfg)              # FSDP/DeepSpeed on CPU: LabError before any work
     strategy = build_strategy(cfg)    # "auto", DDPStrategy(timeout=...), FSDPStrategy(auto_wrap_policy={Block}, ...)
 
-    ctx = launch_context(cfg)         # who am I (rank), and did a launcher (torchrun, srun) start us?
+    ctx = launch_context()            # who am I (rank), and did a launcher (torchrun, srun) start us?
     ctx.is_zero                       # only global rank 0 writes the run folder, summary.json, tokenizer
 
 Rules this module keeps, so ``lab.train`` stays a plain sequence:
 
-- FSDP wraps each transformer ``Block`` (the GPT's, which the ViT reuses), uses the run's
+- FSDP wraps each block the model's family names (``ModelFamily.blocks``: the GPT's and the
+  ViT's transformer ``Block``), uses the run's
   precision for parameters, gradient reductions and buffers, writes full or sharded
   checkpoints and optionally offloads to CPU; activation checkpointing is FSDP's own for
   FSDP and torch's checkpoint wrapper otherwise.
@@ -27,13 +28,14 @@ import sys
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from lab.errors import LabError
+from lab.families import family_of
 
 SHARDED = ("fsdp", "deepspeed_stage_2", "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload")
 """Strategies that need GPUs (Lightning refuses them on CPU, after much of the setup)."""
@@ -66,6 +68,17 @@ def _uses_gpu(accelerator: str) -> bool:
 def check_supported(cfg: Any) -> None:
     """Refuse what cannot run here before any data or run folder is touched."""
     t = cfg.trainer
+    if t.accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        why = "this torch has no CUDA support" if torch.version.cuda is None else "torch sees no GPU on this machine"
+        raise LabError(f"trainer.accelerator {t.accelerator}: {why}; use --trainer.accelerator cpu (or auto), "
+                       "or run on a GPU machine")
+    if t.accelerator in ("gpu", "cuda") and isinstance(t.devices, int) and t.devices > torch.cuda.device_count() \
+            and not launch_context().external:
+        raise LabError(f"trainer.devices {t.devices}: this machine has {torch.cuda.device_count()} GPU(s); "
+                       "use that many or fewer (lab launch spreads more over several machines)")
+    if t.accelerator == "mps" and not torch.backends.mps.is_available():
+        raise LabError("trainer.accelerator mps: Apple's Metal (MPS) is not available here; "
+                       "use --trainer.accelerator cpu (or auto)")
     if t.strategy in SHARDED and not _uses_gpu(t.accelerator):
         raise LabError(f"strategy {t.strategy} needs GPUs (it shards the model across them) and this run is on CPU: "
                        "use --trainer.strategy ddp to train on several CPU processes, or run on a GPU machine")
@@ -79,11 +92,9 @@ def check_supported(cfg: Any) -> None:
         raise LabError("trainer.compile needs torch.compile, which does not support Windows: set it to false")
 
 
-def block_classes() -> set[type[nn.Module]]:
-    """The module classes FSDP wraps one by one and activation checkpointing recomputes."""
-    from lab.models.gpt import Block
-
-    return {Block}
+def block_classes(cfg: Any) -> set[type[nn.Module]]:
+    """The module classes FSDP wraps one by one and activation checkpointing recomputes: the family's ``blocks``."""
+    return set(family_of(cfg).blocks)
 
 
 def build_strategy(cfg: Any) -> Any:
@@ -113,7 +124,7 @@ def _fsdp(cfg: Any, timeout: timedelta) -> Any:
     from torch.distributed.fsdp import CPUOffload, MixedPrecision
 
     t = cfg.trainer
-    blocks = block_classes()
+    blocks = block_classes(cfg)
     dtype = _DTYPES.get(t.precision)
     # Parameters, gradient reductions and buffers all in the run's precision: reducing in
     # bf16 halves the traffic, and what Lightning picks by itself for these precisions.
@@ -125,15 +136,15 @@ def _fsdp(cfg: Any, timeout: timedelta) -> Any:
         activation_checkpointing_policy=blocks if t.activation_checkpointing else None)
 
 
-def checkpoint_blocks(model: nn.Module) -> int:
-    """Wrap every block of ``model`` so its activations are recomputed in backward; returns how many.
+def checkpoint_blocks(model: nn.Module, blocks: Iterable[type[nn.Module]]) -> int:
+    """Wrap every ``blocks`` module of ``model`` so its activations are recomputed in backward; returns how many.
 
     Used outside FSDP (which does it itself). The wrapper's state-dict hooks strip its prefix,
     so checkpoints stay loadable by an unwrapped model.
     """
     from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import apply_activation_checkpointing
 
-    kinds = tuple(block_classes())
+    kinds = tuple(blocks)
     count = sum(isinstance(m, kinds) for m in model.modules())
     apply_activation_checkpointing(model, check_fn=lambda m: isinstance(m, kinds))
     return count

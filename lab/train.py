@@ -5,10 +5,15 @@
     run = fit(load_config("gpt-nano", {"trainer.max_steps": 200}))
     run.summary["best"]["val/loss"], run.path          # metrics and runs/gpt-nano/<run_id>
 
-``fit`` validates the config, prepares the data (refusing e.g. a block_size larger than
-the data) and only then creates the run folder, so a refused config writes nothing.
+``fit`` reads as its phases: ``_checked`` (a validated copy of the config and every refusal
+that needs no data: ``lab.preflight``), ``_prepare`` (data, model, the checkpoint to continue
+from), ``_agree_on_run`` (the run folder), ``_open`` (the Trainer; summary.json says
+``running``) and ``_train`` (train, test, close; ``lab.failures`` words what cannot go on).
+Only then is the run folder created, so a refused config writes nothing.
 It records the run's life in summary.json: ``running`` -> ``completed`` / ``failed`` /
-``interrupted``.
+``interrupted``. A read-only runs folder is refused before the run folder is made; a disk
+that fills mid-run ends it ``failed`` with one ``StorageError`` line (the folder, the cause,
+and ``--resume`` advice only when a checkpoint of the run loads).
 
 Under several processes (``ddp``, torchrun, srun) every rank runs ``fit``; the ranks agree
 on one run folder (see ``lab.strategies``), rank 0 alone prepares the data and writes the
@@ -18,12 +23,13 @@ folder, summary.json and the tokenizer, and a collective timeout turns a dead ra
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-import shutil
 import threading
 import time
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -33,14 +39,14 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lab import env, procs, runs, strategies
+from lab import env, failures, preflight, procs, runs, strategies
 from lab.callbacks import FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput
 from lab.checkpoints import AtomicCheckpointIO, load_checkpoint, newest_intact
 from lab.config import Config, flatten, from_dict, validate
-from lab.data import DATAMODULES
 from lab.errors import LabError, RunInterrupted
-from lab.models import build_model
-from lab.modules import Classifier, LabModule, LanguageModel, Regressor
+from lab.fileio import quiet_tensorboard_writer_errors, storage_cause
+from lab.families import build_datamodule, build_module, family_of
+from lab.modules import LabModule
 
 # Lightning output a lab user can do nothing about, silenced once, where the lab's Trainers are
 # built (other info lines stay; notebooks hide all of them with workshop.quiet()):
@@ -51,36 +57,7 @@ from lab.modules import Classifier, LabModule, LanguageModel, Regressor
 warnings.filterwarnings("ignore", category=FutureWarning, module=r"lightning\.pytorch\.utilities\._pytree")
 logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
     lambda record: not record.getMessage().startswith("💡 Tip"))
-
-
-def build_datamodule(cfg: Config) -> L.LightningDataModule:
-    """The DataModule for ``cfg.data`` (text needs the model's block size and a sample budget)."""
-    cls = DATAMODULES[cfg.data.name][1]
-    if cfg.data.name == "text":
-        # One window per micro-batch sample of the whole run: the n-th batch is the same every run.
-        t = cfg.trainer
-        ranks = (t.devices if isinstance(t.devices, int) else 1) * t.num_nodes  # each rank reads its share
-        samples = t.max_steps * t.accumulate_grad_batches * cfg.data.batch_size * ranks
-        return cls(cfg.data, block_size=cfg.model.block_size, seed=cfg.seed, num_train_samples=samples)
-    return cls(cfg.data, seed=cfg.seed)
-
-
-def build_module(cfg: Config, dm: L.LightningDataModule | None = None) -> LabModule:
-    """The model wrapped in its LightningModule; text models take vocab size and decoder from ``dm``."""
-    model_cfg = cfg.model
-    if model_cfg.name == "gpt":
-        if model_cfg.vocab_size is None:
-            if dm is None:
-                raise LabError("model.vocab_size is null: give it, or build the module with its DataModule")
-            model_cfg.vocab_size = dm.vocab_size
-        elif dm is not None and model_cfg.vocab_size < dm.vocab_size:
-            raise LabError(f"model.vocab_size = {model_cfg.vocab_size} is smaller than the tokenizer's "
-                           f"{dm.vocab_size} tokens: raise it or leave it null")
-        decode = dm.tokenizer.decode if dm is not None else None
-        return LanguageModel(build_model(model_cfg), cfg.optimizer, cfg.trainer.max_steps, decode=decode)
-    if model_cfg.name == "mlp":
-        return Regressor(build_model(model_cfg), cfg.optimizer, cfg.trainer.max_steps)
-    return Classifier(build_model(model_cfg), cfg.optimizer, cfg.trainer.max_steps, num_classes=model_cfg.num_classes)
+quiet_tensorboard_writer_errors()  # a full disk ends in one line, not the event writer's traceback too
 
 
 def global_batch(cfg: Config, devices: int | None = None) -> dict[str, int]:
@@ -143,17 +120,68 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
     ``interrupted``. With ``resume``, the run's own config is used unless one is given,
     and training continues from its newest intact checkpoint into the same folder.
     ``stop``: an Event another thread sets to stop the run cleanly (a notebook's Stop button).
+    The config given is never changed: fit works on a copy.
+
+    The phases: refuse what cannot work, prepare data and model, open the run, train and close.
     """
+    cfg = _checked(config, resume)  # nothing is written before this returns
+    ctx, dm, module, start = _prepare(cfg, resume)
+    run = _agree_on_run(cfg, ctx, dm, module, runs_root, resume)
+    session = _open(cfg, ctx, dm, module, run, start, [*callbacks], progress, stop)
+    return _train(session, test)
+
+
+@dataclass
+class _Start:
+    """Where training starts: a checkpoint to continue from (and what was skipped to find it), or nothing."""
+
+    ckpt_path: Path | None = None
+    step: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _Session:
+    """One training session of a run: what ``fit``'s phases hand each other."""
+
+    cfg: Config
+    ctx: strategies.LaunchContext
+    dm: L.LightningDataModule
+    module: LabModule
+    run: runs.Run
+    start: _Start
+    trainer: L.Trainer
+    throughput: Throughput
+    write: bool
+    """Global rank 0 writes summary.json; the other ranks keep their view in memory."""
+    began: float = field(default_factory=time.time)
+    before: float = 0.0
+    """Wall time of the run's earlier sessions (a resumed run adds to it)."""
+
+    def ended(self, **fields: Any) -> dict[str, Any]:
+        return _update(self.run, self.write, ended_at=runs.now_iso(), wall_time_s=self.before + time.time() - self.began,
+                       step=_steps_done(self.trainer, self.run), throughput=self.throughput.summary(), **fields)
+
+
+def _checked(config: Config | dict[str, Any] | None, resume: runs.Run | None) -> Config:
+    """Phase 1: a validated copy of the config, and every refusal that needs no data."""
     if config is None and resume is None:
         raise LabError("fit needs a config or a run to resume")
-    if resume is not None and resume.summary.get("status") == "running" and resume.process_alive():
-        # Two trainings writing one folder would interleave its checkpoints.
-        raise LabError(f"run {resume.name} is still training ({procs.describe(resume.summary.get('process'))}): "
-                       "stop it first (Ctrl-C saves last.ckpt), then resume it")
-    cfg = from_dict(config if config is not None else resume.config) if not isinstance(config, Config) else config
+    if resume is not None:
+        preflight.refuse_resume(resume)
+    # A copy: fit never changes the config it was given (a notebook reuses it for the next run).
+    cfg = from_dict(config if config is not None else resume.config) if not isinstance(config, Config) \
+        else copy.deepcopy(config)
     validate(cfg)
     cfg.trainer.strategy = strategies.notebook_switch(cfg.trainer.strategy)
     strategies.check_supported(cfg)  # FSDP/DeepSpeed on CPU: refused before any work
+    preflight.check_memory(cfg)  # a model that cannot fit: refused before a byte of it is allocated
+    return cfg
+
+
+def _prepare(cfg: Config, resume: runs.Run | None) -> tuple[strategies.LaunchContext, L.LightningDataModule,
+                                                             LabModule, _Start]:
+    """Phase 2: the data (rank 0 prepares it, the others wait), the model, and the checkpoint to continue from."""
     ctx = strategies.launch_context()
     if ctx.external:
         strategies.init_early(cfg)  # torchrun/srun: the group forms now, so rank 0 can share the folder
@@ -175,89 +203,116 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
     if failure is not None:
         raise failure
     dm.setup("fit")  # data-dependent checks (block_size vs split sizes) happen here, before the run folder
+    preflight.check_batch(cfg, dm)
     strategies.shard_train_loader(dm)
+    fam = family_of(cfg)
+    if fam.complete is not None:  # what the data decides (a vocabulary) goes into the run's resolved config
+        cfg.model = fam.complete(cfg.model, dm)
     module = build_module(cfg, dm)
     if cfg.trainer.activation_checkpointing and cfg.trainer.strategy != "fsdp":
-        strategies.checkpoint_blocks(module.model)  # FSDP does its own, per wrapped block
+        strategies.checkpoint_blocks(module.model, fam.blocks)  # FSDP does its own, per wrapped block
     if cfg.trainer.compile:
         # In place (nn.Module.compile): the model's state-dict keys stay the same, so checkpoints
         # load into an uncompiled model; compiling the whole LightningModule trips on self.log.
         module.model.compile()
-    ckpt_path, resume_step, notes = None, None, []
+    start = _Start()
     if resume is not None:
-        ckpt_path, notes = newest_intact(resume.path)
-        resume_step = int(load_checkpoint(ckpt_path).get("global_step", 0))
-    run = _agree_on_run(cfg, ctx, dm, module, runs_root, resume)
-    throughput = Throughput(peak_flops=env.peak_flops(_device(cfg)), log_every=cfg.trainer.log_every_n_steps)
-    trainer = build_trainer(cfg, run, [throughput, *callbacks], progress=progress, resume_step=resume_step,
-                            stop=stop)
-    write = ctx.is_zero and trainer.is_global_zero
+        start.ckpt_path, start.notes = newest_intact(resume.path)
+        state = load_checkpoint(start.ckpt_path)
+        start.step = int(state.get("global_step", 0))
+        preflight.check_shapes(module, state, resume, start.ckpt_path)
+        if start.notes and ctx.is_zero:  # summary.json records it too, but the person resuming should see it now
+            print(f"note: {'; '.join(start.notes)}; resuming from {start.ckpt_path.name} (step {start.step})",
+                  flush=True)
+    return ctx, dm, module, start
+
+
+def _open(cfg: Config, ctx: strategies.LaunchContext, dm: L.LightningDataModule, module: LabModule, run: runs.Run,
+          start: _Start, callbacks: list[L.Callback], progress: bool, stop: threading.Event | None) -> _Session:
+    """Phase 3: the Trainer for the run, and summary.json saying ``running`` and who is training."""
+    throughput = Throughput(peak_flops=env.peak_flops(preflight.training_device(cfg)),
+                            log_every=cfg.trainer.log_every_n_steps)
+    trainer = build_trainer(cfg, run, [throughput, *callbacks], progress=progress, resume_step=start.step, stop=stop)
+    s = _Session(cfg, ctx, dm, module, run, start, trainer, throughput, write=ctx.is_zero and trainer.is_global_zero,
+                 before=float(run.summary.get("wall_time_s") or 0.0))
     gb = global_batch(cfg, devices=trainer.num_devices)
-    if write and gb["global"] != gb["micro_batch"]:  # a plain one-device run has nothing to explain
+    if s.write and gb["global"] != gb["micro_batch"]:  # a plain one-device run has nothing to explain
         print(f"global batch {gb['global']} = micro-batch {gb['micro_batch']} x {gb['devices']} devices x "
               f"{gb['nodes']} nodes x {gb['accumulate']} accumulation (lr {cfg.optimizer.lr:g}, not rescaled)",
               flush=True)
-    started, before = time.time(), float(run.summary.get("wall_time_s") or 0.0)
     # process: who is training, so a run killed without a word reads "crashed", not "running".
-    start_fields: dict[str, Any] = {"status": "running", "error": None, "process": procs.identity()}
-    if resume is None:
-        start_fields.update(
+    fields: dict[str, Any] = {"status": "running", "error": None, "process": procs.identity()}
+    if start.ckpt_path is None:
+        fields.update(
             experiment=run.experiment, run_id=run.run_id, started_at=runs.now_iso(),
             model={"name": cfg.model.name, "params": int(sum(p.numel() for p in module.model.parameters()))},
             global_batch=gb, strategy=cfg.trainer.strategy, baseline=_baseline(dm), env=env.fingerprint())
     else:
-        start_fields["resumed"] = [*run.summary.get("resumed", []),
-                                   {"at": runs.now_iso(), "from": ckpt_path.name, "step": resume_step, "skipped": notes}]
-    _update(run, write, **start_fields)
+        fields["resumed"] = [*run.summary.get("resumed", []), {"at": runs.now_iso(), "from": start.ckpt_path.name,
+                                                               "step": start.step, "skipped": start.notes}]
+    _update(run, s.write, **fields)
+    tokenizer = run.tokenizer_path.read_text(encoding="utf-8") if run.tokenizer_path.is_file() else None
+    module.record = {"config": cfg.to_dict(), "tokenizer": tokenizer}  # saved in every checkpoint
+    return s
 
-    def ended(**fields: Any) -> dict[str, Any]:
-        return _update(run, write, ended_at=runs.now_iso(), wall_time_s=before + time.time() - started,
-                                   step=_steps_done(trainer, run), throughput=throughput.summary(), **fields)
 
-    if ctx.is_zero and not ctx.external:
+def _train(s: _Session, test: bool) -> runs.Run:
+    """Phase 4: train (then test the best checkpoint), and close the run as completed, interrupted or failed."""
+    cfg, run, trainer, module = s.cfg, s.run, s.trainer, s.module
+    if s.ctx.is_zero and not s.ctx.external:
         os.environ[strategies.RUN_DIR_ENV] = str(run.path)  # ranks Lightning's ddp launcher starts use this run
     try:
         with warnings.catch_warnings():
-            if ckpt_path is not None:
+            if s.start.ckpt_path is not None:
                 # False alarms on a resume: ResumeState puts back the sampler position and RNG
                 # states (tests/test_train_resume.py: bitwise equal to an uninterrupted run), and
                 # the checkpoints folder is meant to hold the interrupted run's files.
                 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path, weights_only=True)
+            trainer.fit(module, datamodule=s.dm, ckpt_path=s.start.ckpt_path, weights_only=True)
         if trainer.interrupted:
             raise KeyboardInterrupt
-        _recover_from_workers(trainer, run, throughput)
+        _recover_from_workers(trainer, run, s.throughput)
         final = _metrics(trainer)
         test_metrics: dict[str, float] = {}
         if test and _has_test_split(cfg):
             # The best checkpoint when validation has made one; else the weights as they are.
             best_path = trainer.checkpoint_callback.best_model_path or None
-            trainer.test(module, datamodule=dm, ckpt_path=best_path, verbose=False, weights_only=True)
+            trainer.test(module, datamodule=s.dm, ckpt_path=best_path, verbose=False, weights_only=True)
             test_metrics = {k: v for k, v in _metrics(trainer).items() if k.startswith("test/")}
     except (StopRequested, KeyboardInterrupt, SystemExit, SIGTERMException) as e:  # Lightning: Ctrl-C -> SystemExit(1)
-        ended(status="interrupted")
+        s.ended(status="interrupted")
         signum = e.signum if isinstance(e, StopRequested) else 15 if isinstance(e, SIGTERMException) else 2
         raise RunInterrupted(signum, run.path) from e
     except BaseException as e:
-        ended(status="failed", error=f"{type(e).__name__}: {e}")
-        if not write and (run.path / runs.SUMMARY).exists():
+        _close_progress_bars(trainer)
+        storage = storage_cause(e) if isinstance(e, Exception) else None
+        if storage is not None:  # a full disk or read-only folder: one line, and advice that holds
+            raise failures.storage_failure(storage, run, s.write, s.ended) from None
+        s.ended(status="failed", error=f"{type(e).__name__}: {e}")
+        if not s.write and (run.path / runs.SUMMARY).exists():
             # Rank 0 may be the one that died: a survivor that shares its folder (same node or
             # a shared file system) records the failure, so the run does not stay "running".
             runs.update_summary(runs.load_run(run.path), status="failed", ended_at=runs.now_iso(),
                                 step=trainer.global_step, error=f"rank {trainer.global_rank}: {type(e).__name__}: {e}")
-        if _is_out_of_memory(e):
-            raise LabError(_oom_advice(cfg, run)) from e
+        if failures.is_out_of_memory(e):
+            raise LabError(failures.oom_advice(cfg, run)) from e
         raise
     finally:
-        if ctx.is_zero and not ctx.external:
+        if s.ctx.is_zero and not s.ctx.external:
             os.environ.pop(strategies.RUN_DIR_ENV, None)
     ckpt_cb = trainer.checkpoint_callback
     best = {"val/loss": float(ckpt_cb.best_model_score)} if ckpt_cb and ckpt_cb.best_model_score is not None else {}
-    summary = ended(status="completed", best=best, final=final, test=test_metrics)
-    hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in {**best, **test_metrics}.items()}
-    trainer.logger.log_hyperparams(_hparams(cfg), metrics=hp_metrics or {"hp/none": 0.0})
-    trainer.logger.finalize("success")
+    try:
+        summary = s.ended(status="completed", best=best, final=final, test=test_metrics)
+        hp_metrics = {f"hp/{k.replace('/', '_')}": v for k, v in {**best, **test_metrics}.items()}
+        trainer.logger.log_hyperparams(_hparams(cfg), metrics=hp_metrics or {"hp/none": 0.0})
+        trainer.logger.finalize("success")
+    except Exception as e:
+        storage = storage_cause(e)
+        if storage is None:
+            raise
+        raise failures.storage_failure(storage, run, s.write, s.ended) from None
     run.summary = summary
     return run
 
@@ -269,7 +324,8 @@ def _agree_on_run(cfg: Config, ctx: strategies.LaunchContext, dm: L.LightningDat
     failure: str | None = None
     if ctx.is_zero:
         try:
-            _check_disk(runs.runs_root(runs_root) if resume is None else resume.path, module)
+            preflight.check_disk(runs.runs_root(runs_root) if resume is None else resume.path, module,
+                        resume=None if resume is None else resume.name)
             run = resume if resume is not None else runs.create_run(runs_root, cfg.experiment, cfg.to_dict())
             if hasattr(dm, "tokenizer") and not run.tokenizer_path.exists():
                 dm.tokenizer.save(run.tokenizer_path)
@@ -290,6 +346,18 @@ def _agree_on_run(cfg: Config, ctx: strategies.LaunchContext, dm: L.LightningDat
         assert run is not None
         return run
     return run if run is not None else runs.Run(path, config=cfg.to_dict(), summary=dict(resume.summary if resume else {}))
+
+
+def _close_progress_bars(trainer: L.Trainer) -> None:
+    """End Lightning's tqdm bars (an error leaves them open) so the error line starts a line of its own."""
+    bar = trainer.progress_bar_callback
+    for name in ("_train_progress_bar", "_val_progress_bar", "_test_progress_bar"):
+        tqdm_bar = getattr(bar, name, None)
+        if tqdm_bar is not None:
+            try:
+                tqdm_bar.close()
+            except Exception:  # a bar that cannot close only costs a line break
+                pass
 
 
 def _update(run: runs.Run, write: bool, **fields: Any) -> dict[str, Any]:
@@ -325,43 +393,6 @@ def _steps_done(trainer: L.Trainer, run: runs.Run) -> int:
     return int(load_checkpoint(run.checkpoint("last")).get("global_step", 0))
 
 
-def _check_disk(folder: Path, module: L.LightningModule) -> None:
-    """Refuse to start when the checkpoints this run will write cannot fit on the disk.
-
-    A checkpoint holds the weights and two AdamW moments (3 x 4 bytes per parameter); the
-    run keeps best and last and writes one temp copy while saving.
-    """
-    params = sum(p.numel() for p in module.parameters())
-    need = 3 * (3 * 4 * params) + (16 << 20)
-    probe = Path(folder)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if free < need:
-        raise LabError(f"only {free / 2**20:.0f} MiB free under {probe}, and this run's checkpoints need about "
-                       f"{need / 2**20:.0f} MiB: free some space or choose another runs folder (--runs_dir)")
-
-
-def _is_out_of_memory(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or (
-        isinstance(e, RuntimeError) and ("out of memory" in str(e) or "can't allocate memory" in str(e)))
-
-
-def _oom_advice(cfg: Config, run: runs.Run) -> str:
-    b, acc = cfg.data.batch_size, cfg.trainer.accumulate_grad_batches
-    smaller = max(1, b // 2)
-    return (f"out of memory with micro-batch {b} on {cfg.trainer.accelerator}: the run is marked failed. "
-            f"Check what fits with `lab plan --config {run.path / runs.CONFIG}`; to keep the same global batch, "
-            f"try --data.batch_size {smaller} --trainer.accumulate_grad_batches {acc * b // smaller}, or a sharded "
-            "strategy (--trainer.strategy fsdp) on GPUs")
-
-
-def _device(cfg: Config) -> torch.device:
-    if cfg.trainer.accelerator in ("gpu", "cuda") or (cfg.trainer.accelerator == "auto" and torch.cuda.is_available()):
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def _has_test_split(cfg: Config) -> bool:
     return cfg.data.test_fraction > 0
 
@@ -394,25 +425,13 @@ def train_module(module: L.LightningModule, dm: L.LightningDataModule, max_steps
     return module.eval()
 
 
-def lr_find(cfg: Config, num_training: int = 100, min_lr: float = 1e-5, max_lr: float = 1.0) -> Any:
-    """Lightning's learning-rate range test on ``cfg``'s model and data, with no run folder.
+def lr_find(cfg: Config, num_steps: int = 200, min_lr: float = 1e-5, max_lr: float = 1.0) -> Any:
+    """The learning-rate range test on ``cfg``'s model and data, with no run folder: ``lab.lr_finder.find_lr``.
 
-    Trains ``num_training`` steps while raising the lr exponentially; ``finder.suggestion()``
-    is the rate where the loss falls fastest, ``finder.plot(suggest=True)`` draws it.
+    Returns an ``LRFinderResult``: ``.suggestion``, ``.rule`` (how it was picked) and ``.plot()``.
+    Lightning's ``Tuner.lr_find`` is not used: its smoothing reads the first losses at half
+    their value, and its steepest-slope pick lands on that artefact (see ``lab.lr_finder``).
     """
-    import tempfile
+    from lab.lr_finder import find_lr
 
-    from lightning.pytorch.tuner import Tuner
-
-    validate(cfg)
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    dm = build_datamodule(cfg)
-    dm.prepare_data()
-    dm.setup("fit")
-    module = build_module(cfg, dm)
-    with tempfile.TemporaryDirectory(prefix="lr-find-") as scratch:  # lr_find saves and restores a checkpoint
-        trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=max(num_training, cfg.trainer.max_steps),
-                            logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                            enable_model_summary=False, default_root_dir=scratch)
-        return Tuner(trainer).lr_find(module, datamodule=dm, min_lr=min_lr, max_lr=max_lr,
-                                      num_training=num_training, update_attr=False)
+    return find_lr(cfg, num_steps=num_steps, min_lr=min_lr, max_lr=max_lr)

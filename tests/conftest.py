@@ -81,6 +81,17 @@ def train_tiny() -> Callable[..., tuple[Any, Any, Any]]:
     return _train_tiny
 
 
+TRAINED_GPT = {"trainer.max_steps": 60, "model.n_layer": 2, "model.n_embd": 32, "model.n_head": 2,
+               "model.block_size": 32, "optimizer.warmup_steps": 5}
+"""A 2-layer gpt-nano worth compressing: two blocks to prune or halve, trained 60 steps."""
+
+
+@pytest.fixture(scope="module")
+def trained_gpt() -> tuple[Any, Any, Any]:
+    """(module, datamodule, config) of ``TRAINED_GPT``, trained with no run folder (one per test module)."""
+    return _train_tiny("gpt-nano", TRAINED_GPT)
+
+
 def _three_runs(base: Any) -> Any:
     """Two seed-mlp runs that differ in learning rate, and one tiny gpt-nano (samples, tokens), under ``base``."""
     from lab.config import load_config

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lab.checkpoints import AtomicCheckpointIO, CheckpointError, load_checkpoint, newest_intact
-from lab.errors import LabError
+from lab.errors import StorageError
 
 
 def _ckpt(step: int, fill: float = 1.0) -> dict:
@@ -41,11 +41,26 @@ def test_full_disk_during_save_keeps_previous_checkpoint(tmp_path: Path, monkeyp
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(torch, "save", disk_full)
-    with pytest.raises(LabError, match="No space left on device.*earlier checkpoints are intact"):
+    with pytest.raises(StorageError) as caught:
         io.save_checkpoint(_ckpt(2), target)
+    assert str(caught.value) == (f"could not save the checkpoint {target}: no space left on the disk under {tmp_path}; "
+                                 f"free disk space under {tmp_path}; earlier checkpoints are untouched")
     monkeypatch.undo()
     assert load_checkpoint(target)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_read_only_checkpoint_folder_is_not_blamed_on_free_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def read_only(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    with pytest.raises(StorageError) as caught:
+        AtomicCheckpointIO().save_checkpoint(_ckpt(1), tmp_path / "best.ckpt")
+    msg = str(caught.value)
+    assert f"{tmp_path} is read-only" in msg and "space" not in msg and caught.value.errno == errno.EROFS
+    monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
 
 
 class _Evil:
@@ -122,3 +137,36 @@ def test_kill_during_large_save_leaves_previous_checkpoint(tmp_path: Path) -> No
     assert state["global_step"] in (1, 2)
     if state["global_step"] == 2:  # the big write may have completed once before the kill
         assert state["state_dict"]["w"].numel() == 64 * 2**20
+
+
+def test_a_checkpoint_file_alone_is_enough_for_every_command(tiny_gpt_run, tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    """The checkpoint carries the resolved config and the tokenizer: its run folder is not needed."""
+    import shutil
+
+    from lab.cli import main
+    from lab.modules import CHECKPOINT_RECORD
+
+    alone = tmp_path / "elsewhere" / "model.ckpt"
+    alone.parent.mkdir()
+    shutil.copyfile(tiny_gpt_run.checkpoint("best"), alone)
+    record = load_checkpoint(alone)[CHECKPOINT_RECORD]
+    assert record["config"] == tiny_gpt_run.config and record["config"]["model"]["vocab_size"] > 0
+    assert record["tokenizer"] == tiny_gpt_run.tokenizer_path.read_text()
+    assert main(["sample", str(alone), "--tokens", "20", "--seed", "3"]) == 0
+    alone_text = capsys.readouterr().out
+    assert main(["sample", tiny_gpt_run.name, "--runs_dir", str(tiny_gpt_run.path.parent.parent), "--tokens", "20",
+                 "--seed", "3"]) == 0
+    assert capsys.readouterr().out == alone_text  # the same model, the same decoding
+    assert main(["evaluate", str(alone), "--max_batches", "1", "--repeats", "1"]) == 0
+    assert main(["export", str(alone), "--format", "safetensors"]) == 0
+    assert main(["compress", str(alone), "--method", "int8-dynamic", "--max_batches", "1", "--repeats", "1"]) == 0
+    folder = alone.with_name("model.run")
+    assert (folder / "reports" / "eval-best.json").is_file() and (folder / "export" / "safetensors").is_dir()
+    assert (folder / "compressed" / "int8-dynamic" / "report.json").is_file()
+    # A checkpoint without the record (an older lab's) is refused in one line.
+    old = torch.load(alone, weights_only=True)
+    old.pop(CHECKPOINT_RECORD)
+    torch.save(old, tmp_path / "old.ckpt")
+    assert main(["evaluate", str(tmp_path / "old.ckpt")]) == 2
+    assert "carries no config" in capsys.readouterr().err

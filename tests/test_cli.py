@@ -119,7 +119,7 @@ def test_quickstart_console_script(tmp_path: Path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "A sample from the best checkpoint" in proc.stdout
-    assert "tensorboard --logdir" in proc.stdout and "streamlit run dashboard/app.py" in proc.stdout
+    assert "tensorboard --logdir" in proc.stdout and "lab dashboard" in proc.stdout
     assert "GPU available" in proc.stderr  # Lightning's own info lines stay...
     assert "💡" not in proc.stderr + proc.stdout and "LeafSpec" not in proc.stderr  # ...its adverts do not
     (run,) = runs.list_runs(tmp_path / "runs")
@@ -146,3 +146,17 @@ def test_lab_runs_lists_corrupt_runs_as_rows_and_evaluates_a_good_one(tmp_path: 
     # A command about one good run does not read the corrupt ones.
     assert main(["evaluate", tiny_gpt_run.name, "--runs_dir", str(root), "--max_batches", "1", "--repeats", "1"]) == 0
     assert main(["sample", "last", "--runs_dir", str(root), "--tokens", "5"]) == 0
+
+
+def test_fit_help_and_print_config_explain_each_field(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["fit", "--config", "digits-cnn", "--help"])
+    assert done.value.code == 0
+    out = capsys.readouterr().out
+    assert "--model.channels ([16, 32]): Output channels of each conv stage" in out  # the preset's own fields
+    assert "--trainer.precision ('32-true'): Lightning precision: 32-true, bf16-mixed" in out
+    assert "--model.n_head" not in out
+    assert main(["fit", "--config", "seed-mlp", "--print_config", "--trainer.max_steps", "9"]) == 0
+    text = capsys.readouterr().out
+    assert "# Optimizer steps to run" in text and yaml.safe_load(text) == load_config("seed-mlp", {
+        "trainer.max_steps": 9}).to_dict()

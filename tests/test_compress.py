@@ -118,6 +118,12 @@ def test_all_writes_comparison_and_pareto(tiny_gpt_run: runs.Run, monkeypatch: p
     assert saved["rows"][0]["size_ratio"] == 1.0 and saved["higher_is_better"] is False
     assert (tiny_gpt_run.compressed_root / "pareto.png").read_bytes()[:4] == b"\x89PNG"
     assert load_report(tiny_gpt_run, "onnx")["method"] == "onnx"
+    # The table's latency is the interleaved timing's: it agrees with each artifact's own speed-up.
+    b = saved["latency_batch"]
+    base = saved["rows"][0][f"latency_{b}_ms"]
+    for row in saved["rows"][1:]:
+        assert row[f"latency_{b}_ms"] == pytest.approx(base / row[f"speedup_{b}"])
+        assert row["size_mib"] == pytest.approx(row["size_bytes"] / 2**20)
 
 
 def test_unknown_method_and_bad_run_exit_2(tiny_gpt_run: runs.Run, capsys: pytest.CaptureFixture) -> None:
@@ -174,3 +180,65 @@ def test_backend_probe_keeps_the_console_clean() -> None:
     assert proc.returncode == 0, proc.stderr
     assert quantize_mod.TORCH_AO in proc.stdout
     assert "Failed to load" not in proc.stderr and "triton" not in proc.stderr.lower(), proc.stderr
+
+
+# ---------------------------------------------------------------- the comparison table and the Pareto plot
+
+def _report(size: int, loss: float, b32_ms: float, ratio: float | None = None) -> dict:
+    r = {"size_bytes": size, "params": 1000, "backend": "test",
+         "quality": {"primary": {"name": "loss", "value": loss, "higher_is_better": False}},
+         "cost": {"latency": {"b1": {"p50_ms": b32_ms / 20}, "b32": {"p50_ms": b32_ms}}}}
+    if ratio is not None:
+        r["deltas"] = {"size_ratio": size / 3_300_000, "latency_ratio_b1": ratio, "latency_ratio_b32": ratio,
+                       "speedup_b1": 1 / ratio, "speedup_b32": 1 / ratio, "quality_delta_rel": (loss - 2.3) / 2.3}
+    return r
+
+
+def _comparison() -> dict:
+    from lab.compress import comparison_table
+
+    original = {**_report(3_300_000, 2.30, 14.6), "run": "gpt-nano/x", "ckpt": "best", "split": "test"}
+    # Each artifact's own measurement says nothing like-for-like (prune-structured measured alone on a
+    # busy machine: 28.6 ms against the original's 14.6), its interleaved ratio does (x1.45 faster).
+    # The three int8 artifacts sit almost on one point: their labels must not overprint.
+    reports = {"int8-dynamic": _report(900_000, 2.3010, 10.0, 0.80), "int8-static": _report(905_000, 2.3020, 9.0, 0.60),
+               "onnx-int8": _report(910_000, 2.3015, 8.0, 0.70), "prune": _report(3_300_000, 2.261, 15.0, 1.0),
+               "prune-structured": _report(2_000_000, 2.5, 28.6, 1 / 1.45), "distill": {"error": "no student"}}
+    return comparison_table(original, reports)
+
+
+def test_comparison_latency_is_the_interleaved_timing() -> None:
+    from lab.compress import comparison_text
+
+    c = _comparison()
+    rows = {r["method"]: r for r in c["rows"]}
+    assert c["latency_batch"] == "b32" and c["errors"] == {"distill": "no student"}
+    assert rows["prune-structured"]["latency_b32_ms"] == pytest.approx(14.6 / 1.45)
+    assert rows["prune-structured"]["latency_b32_ms"] < rows["original"]["latency_b32_ms"]
+    text = comparison_text(c)
+    assert "size MiB" in text and "latency b32 ms" in text and " MB " not in text
+    line = next(ln for ln in text.splitlines() if ln.startswith("prune-structured"))
+    assert f"{14.6 / 1.45:.2f}" in line and "x1.45" in line
+
+
+def test_pareto_plot_shows_the_comparisons_numbers_with_readable_labels() -> None:
+    from matplotlib.text import Text
+
+    from lab.compress import pareto_axes, pareto_figure
+
+    c = _comparison()
+    fig = pareto_figure(c, title="gpt-nano/x")
+    fig.canvas.draw()  # labels take their final places when drawn
+    renderer = fig.canvas.get_renderer()
+    panels = [ax for ax in fig.axes if ax.collections]
+    assert len(panels) == 2
+    for ax, (key, label) in zip(panels, pareto_axes(c)):
+        plotted = [tuple(xy) for xy in ax.collections[0].get_offsets().tolist()]
+        assert plotted == [(r[key], r["quality"]) for r in c["rows"]]
+        assert ax.get_xlabel() == label
+        assert sorted(t.get_text() for t in ax.texts) == sorted(r["method"] for r in c["rows"])
+        boxes = [Text.get_window_extent(t, renderer) for t in ax.texts]  # the words, not their leader lines
+        overlaps = [(a.get_text(), b.get_text()) for i, (a, ba) in enumerate(zip(ax.texts, boxes))
+                    for b, bb in list(zip(ax.texts, boxes))[i + 1:] if ba.overlaps(bb)]
+        assert overlaps == []
+    assert "MiB" in pareto_axes(c)[0][1] and "batch 32" in pareto_axes(c)[1][1]

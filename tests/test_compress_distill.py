@@ -14,19 +14,17 @@ from safetensors.torch import load_model
 from lab.compress.distill import DistillationModule, _count, derive_student, distill, distillation_loss
 from lab.config import from_dict, load_config, read_yaml
 from lab.errors import ConfigError, LabError
-from lab.models import build_model
-from lab.train import build_module, train_module
+from lab.families import build_model, build_module
+from lab.train import train_module
 
-TINY_GPT = {"trainer.max_steps": 60, "model.n_layer": 2, "model.n_embd": 32, "model.n_head": 2,
-            "model.block_size": 32, "optimizer.warmup_steps": 5}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def gpt(train_tiny):
-    return train_tiny("gpt-nano", TINY_GPT)
+def gpt(trained_gpt):
+    return trained_gpt
 
 
 def _ce(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -76,7 +74,7 @@ def test_derived_student_has_at_most_half_the_parameters(preset: str) -> None:
 
 def test_teacher_stays_frozen_and_in_eval_mode(gpt) -> None:
     module, dm, cfg = gpt
-    student = build_module(load_config("gpt-nano", {**TINY_GPT, "model.n_layer": 1}), dm)
+    student = build_module(dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, n_layer=1)), dm)
     teacher = build_model(module.model.config)
     teacher.load_state_dict(module.model.state_dict())
     before = {k: v.clone() for k, v in teacher.state_dict().items()}

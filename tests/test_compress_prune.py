@@ -17,16 +17,14 @@ from lab.errors import LabError
 from lab.evaluate import quality
 from lab.train import build_module
 
-TINY_GPT = {"trainer.max_steps": 60, "model.n_layer": 2, "model.n_embd": 32, "model.n_head": 2,
-            "model.block_size": 32, "optimizer.warmup_steps": 5}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def gpt(train_tiny):
-    return train_tiny("gpt-nano", TINY_GPT)
+def gpt(trained_gpt):
+    return trained_gpt
 
 
 @pytest.fixture(scope="module")

@@ -117,7 +117,16 @@ def test_unknown_top_level_key(tmp_path) -> None:
 
 
 def test_config_defaults_are_valid() -> None:
-    assert Config().to_dict()["model"]["name"] == "gpt"
+    from lab.config import from_dict, validate
+
+    cfg = Config()
+    validate(cfg)  # raises ConfigError if any default is out of its own range
+    assert cfg.model.name == "gpt" and cfg.data.name == "text"
+    assert from_dict(cfg.to_dict()) == cfg  # the defaults survive a round trip through plain data
+    broken = Config()
+    broken.trainer.max_steps = 0
+    with pytest.raises(ConfigError, match="trainer.max_steps"):
+        validate(broken)
 
 
 def test_gpt_10m_preset_is_a_10m_gpt_on_the_bundled_characters() -> None:
@@ -128,7 +137,7 @@ def test_gpt_10m_preset_is_a_10m_gpt_on_the_bundled_characters() -> None:
     import torch
 
     from lab.data.text import bundled_corpus
-    from lab.models import build_model
+    from lab.families import build_model
 
     cfg = load_config("gpt-10m")
     assert cfg.data.path is None and cfg.data.tokenizer == "char"

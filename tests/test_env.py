@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from lab import env
-from lab import env_probe as probe
+from lab.env import probe
 from lab.cli import main
 from lab.env import FAIL, PASS, WARN, Check, EnvReport
 

@@ -19,9 +19,6 @@ from lab.cost import cost
 from lab.evaluate import evaluate, load_checked, load_data, quality, run_config
 from lab.train import fit
 
-TINY_GPT = {"trainer.max_steps": 10, "trainer.val_check_interval": 5, "trainer.limit_val_batches": 2,
-            "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,
-            "optimizer.warmup_steps": 2}
 FAST = {"repeats": 2, "warmup": 1}
 
 
@@ -29,13 +26,15 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runs")
+def gpt_run(tiny_gpt_run: runs.Run) -> runs.Run:
+    """conftest's tiny gpt-nano run (one per test module)."""
+    return tiny_gpt_run
 
 
 @pytest.fixture(scope="module")
-def gpt_run(root: Path) -> runs.Run:
-    return fit(load_config("gpt-nano", TINY_GPT), runs_root=root, progress=False)
+def root(gpt_run: runs.Run) -> Path:
+    """That run's runs root: the other runs of this module are trained beside it."""
+    return gpt_run.path.parent.parent
 
 
 @pytest.fixture(scope="module")

@@ -17,22 +17,21 @@ from lab.evaluate import load_checked
 from lab.export import export, load_safetensors
 from lab.train import fit
 
-TINY_GPT = {"trainer.max_steps": 10, "trainer.val_check_interval": 5, "trainer.limit_val_batches": 2,
-            "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,
-            "optimizer.warmup_steps": 2}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("runs")
+def gpt_run(tiny_gpt_run: runs.Run) -> runs.Run:
+    """conftest's tiny gpt-nano run (one per test module)."""
+    return tiny_gpt_run
 
 
 @pytest.fixture(scope="module")
-def gpt_run(root: Path) -> runs.Run:
-    return fit(load_config("gpt-nano", TINY_GPT), runs_root=root, progress=False)
+def root(gpt_run: runs.Run) -> Path:
+    """That run's runs root: the other runs of this module are trained beside it."""
+    return gpt_run.path.parent.parent
 
 
 def test_safetensors_round_trip_gives_identical_logits(gpt_run: runs.Run) -> None:
@@ -61,7 +60,13 @@ def test_safetensors_loads_with_no_pickle(gpt_run: runs.Run, monkeypatch: pytest
     monkeypatch.setattr(torch, "load", no_pickle)
     monkeypatch.setattr("pickle.loads", no_pickle)
     monkeypatch.setattr("pickle.load", no_pickle)
-    assert load_safetensors(folder) is not None
+    loaded = load_safetensors(folder)
+    original = load_checked(gpt_run, "best").model.eval()
+    mine, theirs = original.state_dict(), loaded.state_dict()
+    assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
+    x = torch.randint(0, original.config.vocab_size, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), original(x))
 
 
 def test_classifier_safetensors_keeps_batchnorm_buffers(root: Path) -> None:

@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from lab.errors import ConfigError
-from lab.models import (MODELS, CNN, GPT, MLP, CNNConfig, GPTConfig, MLPConfig, ViT, ViTConfig,
-                        build_model)
+from lab.families import FAMILIES, build_model
+from lab.models import CNN, GPT, MLP, CNNConfig, GPTConfig, MLPConfig, ViT, ViTConfig
 from lab.models import gpt as gpt_module
 
 
@@ -75,7 +75,7 @@ def test_gpt_refuses_too_long_input():
 def test_gpt_refuses_head_count_not_dividing_width():
     with pytest.raises(ConfigError) as err:
         GPT(GPTConfig(vocab_size=10, n_embd=128, n_head=3))
-    assert err.value.field == "model.n_head" and err.value.value == 3
+    assert err.value.field == "model.n_embd" and err.value.value == 128 and "model.n_head=3" in str(err.value)
 
 
 @pytest.mark.parametrize("vocab_size", [None, 0])
@@ -196,7 +196,7 @@ def test_vit_reuses_gpt_block_without_causal_mask():
 
 @pytest.mark.parametrize("kw, field", [
     (dict(image_size=8, patch_size=3), "model.patch_size"),
-    (dict(n_embd=64, n_head=5), "model.n_head"),
+    (dict(n_embd=64, n_head=5), "model.n_embd"),
 ])
 def test_vit_refuses_bad_shapes(kw, field):
     with pytest.raises(ConfigError) as err:
@@ -233,7 +233,7 @@ def test_mlp_refuses_unknown_activation():
 def test_build_model_picks_class_by_name(config, cls):
     model = build_model(config)
     assert type(model) is cls
-    assert MODELS[config.name] == (type(config), cls)
+    assert (FAMILIES[config.name].config, FAMILIES[config.name].model) == (type(config), cls)
 
 
 def test_build_model_refuses_unknown_name():

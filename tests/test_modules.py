@@ -7,11 +7,12 @@ import math
 import pytest
 import torch
 
-from lab.config import OptimizerConfig
+from lab.optim import OptimizerConfig
 from lab.models.gpt import GPT, GPTConfig
 from lab.models.mlp import MLP, MLPConfig
 from lab.models.vision import CNN, CNNConfig
-from lab.modules import Classifier, LanguageModel, Regressor, build_optimizer, lr_lambda
+from lab.modules import Classifier, LanguageModel, Regressor
+from lab.optim import build_optimizer, lr_lambda
 
 
 def test_schedule_warms_up_then_decays_to_min_ratio() -> None:
@@ -124,3 +125,27 @@ def test_train_loss_is_logged_at_the_trainers_logging_steps_with_that_steps_valu
         assert value == pytest.approx(losses.by_step[step])
     # The last step is logged too, so summary.json's final train/loss is that step's.
     assert float(trainer.callback_metrics["train/loss"]) == pytest.approx(losses.by_step[11])
+
+
+def test_sample_starts_from_a_paragraph_prompt_when_it_can_encode_one() -> None:
+    from lab.data.tokenizers import CharTokenizer
+    from lab.errors import DataError
+    from lab.modules import PROMPT
+
+    tok = CharTokenizer("\nThe cat sat. ")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_layer=1, n_head=1, n_embd=8, block_size=16))
+    module = LanguageModel(model, decode=tok.decode, encode=tok.encode)
+    text = module.sample(10, seed=1)
+    assert text.startswith(PROMPT) and len(text) == len(PROMPT) + 10
+    assert module.sample(5, prompt="cat").startswith("cat")
+    with pytest.raises(DataError, match="'z'"):  # a prompt given explicitly must be encodable
+        module.sample(5, prompt="zebra")
+    with pytest.raises(ValueError, match="empty"):
+        module.sample(5, prompt="")
+    # A vocabulary without the default prompt's characters starts from token 0, as before.
+    digits = CharTokenizer("0123456789")
+    plain = LanguageModel(GPT(GPTConfig(vocab_size=10, n_layer=1, n_head=1, n_embd=8, block_size=16)),
+                          decode=digits.decode, encode=digits.encode)
+    assert plain.sample(5).startswith("0") and len(plain.sample(5)) == 6
+    with pytest.raises(ValueError, match="no tokenizer"):
+        LanguageModel(model, decode=tok.decode).sample(5, prompt="cat")

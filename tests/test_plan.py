@@ -14,7 +14,7 @@ from lab.config import load_config
 from lab.errors import ConfigError, LabError
 from lab.models.gpt import GPT, GPTConfig
 from lab.plan import KNOWN_ACCELERATORS, Accelerator, parse_count, plan, recommend
-from lab.plan_formulas import (
+from lab.plan.formulas import (
     PRECISIONS,
     deepspeed_zero2_estimate,
     deepspeed_zero3_estimate,
@@ -22,9 +22,9 @@ from lab.plan_formulas import (
     gpt_output_activation_bytes,
     zero_model_states,
 )
-from lab.plan_measure import measure
-from lab.plan_memory import estimate_memory
-from lab.plan_model import ModelFacts, trace_training_step
+from lab.plan.measure import measure
+from lab.plan.memory import estimate_memory
+from lab.plan.model import ModelFacts, trace_training_step
 
 H100 = KNOWN_ACCELERATORS["H100"]
 # A small GPT that trains a few steps in about a second on 2 CPU cores.
@@ -186,10 +186,29 @@ def test_recommendation_is_the_smallest_setup_that_fits() -> None:
     assert rec.command.startswith("lab launch --nodes 4 --gpus-per-node 8 -- lab fit")
 
 
+def test_recommendation_carries_its_time_beside_the_planned_setups() -> None:
+    from lab.plan.report import human_time
+
+    p = plan("gpt2-124m", precision="bf16-mixed", devices=8, device="H100", tokens="10B")
+    r = p.recommendation
+    assert (r.strategy, r.devices, r.nodes) == ("single", 1, 1)
+    alone = plan("gpt2-124m", precision="bf16-mixed", strategy="single", devices=1, micro_batch=p.micro_batch,
+                 accumulate=r.accumulate, device="H100", tokens="10B", with_recommendation=False)
+    assert r.step_time_s == pytest.approx(alone.step_time_s) and r.time_to_budget_s == pytest.approx(alone.time_to_budget_s)
+    assert r.time_to_budget_s > p.time_to_budget_s  # the fewest devices are not the fastest
+    line = next(ln for ln in p.to_text().splitlines() if ln.startswith("recommendation"))
+    assert f"in {human_time(r.time_to_budget_s)}" in line and human_time(p.time_to_budget_s) in line
+    no_budget = plan("gpt2-124m", precision="bf16-mixed", device="H100").to_text()
+    assert "step time" in next(ln for ln in no_budget.splitlines() if ln.startswith("recommendation"))
+
+
 def test_plan_includes_the_recommendation_and_a_named_device_table() -> None:
     p = plan("gpt2-124m", device="a100")  # case does not matter
     assert p.device.name == "A100" and p.recommendation is not None and p.recommendation.fits
-    assert isinstance(plan("gpt-nano", device=Accelerator("x", 2**30, 1e12, 1e11), with_recommendation=False).fits, bool)
+    roomy = plan("gpt-nano", device=Accelerator("x", 2**34, 1e12, 1e11), with_recommendation=False)
+    tight = plan("gpt-nano", device=Accelerator("x", roomy.memory.total, 1e12, 1e11), with_recommendation=False)
+    # Fits means the estimate leaves FIT_MARGIN of the device free: exactly the need does not.
+    assert roomy.fits is True and tight.fits is False and roomy.memory.total == tight.memory.total
 
 
 @pytest.mark.parametrize("kwargs,field", [
@@ -215,6 +234,22 @@ def test_bad_config_sources_are_refused(tmp_path: Path) -> None:
         plan(bad)
 
 
+def test_precision_names_are_the_configs() -> None:
+    """The planner plans every precision a config accepts, and refuses what `lab fit` would refuse."""
+    from lab import config
+
+    assert list(PRECISIONS) == list(config.PRECISIONS)
+    plans = {name: plan("gpt-nano", precision=name, device="H100", with_recommendation=False) for name in config.PRECISIONS}
+    assert plans["32"].memory == plans["32-true"].memory and plans["32"].step_time_s == plans["32-true"].step_time_s
+    assert plans["bf16-mixed"].step_time_s < plans["32-true"].step_time_s  # 16-bit matmuls: the bf16 peak
+    assert plans["bf16-true"].memory.weights * 2 == plans["32-true"].memory.weights
+    with pytest.raises(ConfigError, match="32-true"):
+        plan("gpt-nano", precision="bf16", device="H100", with_recommendation=False)  # Lightning's alias; configs refuse it
+    v100 = {name: plan("gpt-nano", precision=name, device="V100", with_recommendation=False).notes
+            for name in ("bf16-mixed", "16-mixed")}
+    assert any("V100 has no bf16" in n for n in v100["bf16-mixed"]) and not any("bf16" in n for n in v100["16-mixed"])
+
+
 def test_parse_count() -> None:
     assert parse_count("10B") == 10**10 and parse_count("300M") == 3 * 10**8 and parse_count("2.5e9") == 2_500_000_000
     assert parse_count(1_000) == 1000
@@ -228,7 +263,7 @@ def test_cli_plan_prints_the_plan_and_exits_0(capsys: pytest.CaptureFixture) -> 
     assert "124,439,808" in out and "ddp on 8" in out and "lab fit --config gpt2-124m" in out
     assert main(["plan", "--config", "gpt-nano", "--device", "H100", "--json", "--model.n_layer", "2"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["model"]["n_layer"] == 2 and doc["memory"]["total"] > 0 and "recommendation" in doc
+    assert doc["model"]["shape"]["n_layer"] == 2 and doc["memory"]["total"] > 0 and "recommendation" in doc
 
 
 @pytest.mark.parametrize("argv,needle", [

@@ -72,14 +72,14 @@ def test_new_trainer_fields_are_validated() -> None:
 
 
 def test_checkpoint_blocks_keeps_outputs_gradients_and_state_dict_keys() -> None:
-    from lab.models import build_model
+    from lab.families import build_model
 
     cfg = load_config("gpt-nano", {"model.n_layer": 2, "model.n_embd": 32, "model.vocab_size": 50})
     torch.manual_seed(0)
     plain = build_model(cfg.model)
     wrapped = build_model(cfg.model)
     wrapped.load_state_dict(plain.state_dict())
-    assert strategies.checkpoint_blocks(wrapped) == 2
+    assert strategies.checkpoint_blocks(wrapped, strategies.block_classes(cfg)) == 2
     assert list(wrapped.state_dict()) == list(plain.state_dict())  # checkpoints stay loadable
     idx = torch.randint(0, 50, (2, 16))
     for m in (plain, wrapped):

@@ -54,7 +54,8 @@ Usage::
     from lab.compress import compress
     report = compress(run, "int8-dynamic")
     report["deltas"]["size_ratio"], report["backend"]
-    compress(run, "all")            # every method + compressed/comparison.json, pareto.png
+    comparison = compress(run, "all")   # every method + compressed/comparison.json, pareto.png
+    print(comparison_text(comparison))  # size (MiB), latency, speed-up and quality per artifact
 
 Methods are looked up in the fixed ``METHODS`` table (``"module:function"`` strings are
 resolved with importlib from this table only, never from user input).
@@ -78,8 +79,8 @@ import torch
 from torch import nn
 
 from lab import runs
-from lab.errors import LabError
-from lab.fileio import atomic_write, write_json
+from lab.errors import LabError, StorageError
+from lab.fileio import atomic_write, check_writable, read_only_run_advice, storage_errors, write_json
 
 
 @dataclass
@@ -162,7 +163,8 @@ def check_options(method: str, options: dict[str, Any]) -> None:
         accepted |= {p.name for p in params if p.kind is not inspect.Parameter.VAR_KEYWORD}
     unknown = sorted(set(options) - accepted)
     if unknown:
-        raise LabError(f"{method} does not take option(s) {', '.join(unknown)}: it takes {', '.join(sorted(accepted)) or 'none'}")
+        raise LabError(f"{method} does not take option(s) {', '.join(unknown)}: drop them; it takes "
+                       f"{', '.join(sorted(accepted)) or 'none'}")
     for key, value in options.items():
         check, allowed = _OPTION_CHECKS.get(key, (None, ""))
         if check is not None and not check(key, value):
@@ -226,6 +228,16 @@ def compress(run: runs.Run | str | Path, method: str, *, ckpt: str = "best", spl
         raise LabError(f"unknown compression method {method!r}: choose one of {', '.join(METHODS)} or all")
     check_options(method, options)
     settings = ev.default_settings(max_batches, threads, repeats, warmup, batch_sizes)
+    read_only = read_only_run_advice(run.name)
+    check_writable(run.path, if_read_only=read_only)  # before any loading or measuring
+    with storage_errors(run.compressed_root, if_read_only=read_only):  # a full disk mid-way: one line too
+        return _compress(run, method, ckpt, split, settings, options)
+
+
+def _compress(run: runs.Run, method: str, ckpt: str, split: str, settings: dict[str, Any],
+              options: dict[str, Any]) -> dict[str, Any]:
+    from lab import evaluate as ev
+
     cfg = ev.run_config(run)
     module = ev.load_checked(run, ckpt)
     dm = ev.load_data(cfg, split, module)
@@ -239,6 +251,8 @@ def compress(run: runs.Run | str | Path, method: str, *, ckpt: str = "best", spl
     for name in METHODS:
         try:
             reports[name] = _one(run, name, module, dm, cfg, original, split, settings, options)
+        except StorageError:
+            raise  # the next method would hit the same full disk or read-only folder
         except LabError as e:
             reports[name] = {"method": name, "error": str(e)}
     comparison = comparison_table(original, reports)
@@ -316,13 +330,28 @@ def load_report(run: runs.Run, method: str) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+LATENCY_FROM = ("p50 latency of the original (its own measurement) times each artifact's latency ratio from the "
+                "interleaved timing of the two (deltas.latency_ratio_b<N>), so every row agrees with its speedup")
+
+
 def comparison_table(original: dict[str, Any], reports: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """One row per artifact (the original first): size, latency, quality and their ratios."""
+    """One row per artifact (the original first): size (MiB), latency, quality and their ratios.
+
+    Latency: each artifact's own ``cost`` measurement runs minutes after the original's (whose
+    figure may come from a cached evaluation), so on a shared machine the two can differ by
+    2x in either direction; only the interleaved timing (``lab.cost.compare_latency``) is a
+    like-for-like comparison. ``latency_b<N>_ms`` is therefore the original's p50 times the
+    interleaved ratio: the table, the plot and ``speedup_b<N>`` tell the same story.
+    """
+    base = {b: e["p50_ms"] for b, e in original["cost"]["latency"].items()}
+
     def row(name: str, r: dict[str, Any], d: dict[str, Any] | None) -> dict[str, Any]:
-        lat = r["cost"]["latency"]
+        own = {b: e["p50_ms"] for b, e in r["cost"]["latency"].items()}
+        latency = {b: (base[b] * d[f"latency_ratio_{b}"] if d and f"latency_ratio_{b}" in d and b in base else own[b])
+                   for b in own}
         return {"method": name, "backend": r.get("backend"), "params": r.get("params"), "size_bytes": r["size_bytes"],
-                "size_mb": r["size_bytes"] / 2**20,
-                **{f"latency_{b}_p50_ms": e["p50_ms"] for b, e in lat.items()},
+                "size_mib": r["size_bytes"] / 2**20,
+                **{f"latency_{b}_ms": v for b, v in latency.items()},
                 "quality_metric": r["quality"]["primary"]["name"], "quality": r["quality"]["primary"]["value"],
                 "size_ratio": d["size_ratio"] if d else 1.0,
                 **{k: v for k, v in (d or {}).items() if k.startswith(("latency_ratio", "speedup"))},
@@ -335,40 +364,99 @@ def comparison_table(original: dict[str, Any], reports: dict[str, dict[str, Any]
             errors[name] = r["error"]
         else:
             rows.append(row(name, r, r["deltas"]))
+    batch = max(base, key=lambda b: int(b[1:]))
     return {"run": original["run"], "ckpt": original["ckpt"], "split": original["split"],
-            "higher_is_better": original["quality"]["primary"]["higher_is_better"], "rows": rows, "errors": errors}
+            "higher_is_better": original["quality"]["primary"]["higher_is_better"], "latency_batch": batch,
+            "latency_from": LATENCY_FROM, "rows": rows, "errors": errors}
 
 
-def pareto_png(comparison: dict[str, Any], path: Path, title: str = "") -> Path:
-    """Size vs quality and latency vs quality, one point per artifact, Pareto front marked."""
-    import io
+def comparison_text(comparison: dict[str, Any]) -> str:
+    """The comparison as a plain-text table: size (MiB), latency at the plotted batch size, quality."""
+    b = comparison["latency_batch"]
+    metric = comparison["rows"][0]["quality_metric"]
+    lines = [f"{'method':18} {'size MiB':>9} {'size':>7} {f'latency {b} ms':>15} {'speed-up':>8} {metric:>9} {'change':>7}"]
+    for r in comparison["rows"]:
+        lines.append(f"{r['method']:18} {r['size_mib']:9.3f} {'x' + format(r['size_ratio'], '.2f'):>7} "
+                     f"{r[f'latency_{b}_ms']:15.2f} {'x' + format(r.get(f'speedup_{b}', 1.0), '.2f'):>8} "
+                     f"{r['quality']:9.4f} {r['quality_delta_rel']:+7.1%}")
+    return "\n".join(lines)
 
+
+def pareto_axes(comparison: dict[str, Any]) -> list[tuple[str, str]]:
+    """(row key, axis label) of the plot's two panels: size, and latency at the comparison's batch size."""
+    b = comparison["latency_batch"]
+    return [("size_mib", "size on disk (MiB)"), (f"latency_{b}_ms", f"latency at batch {b[1:]}, p50 (ms)")]
+
+
+def pareto_figure(comparison: dict[str, Any], title: str = "") -> Any:
+    """Size vs quality and latency vs quality, one point per row of ``comparison``, Pareto front in red.
+
+    The points are the comparison's own numbers (``pareto_axes``): what the plot shows is what
+    the table says. Labels that would overprint each other are moved apart, with a leader line.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     rows = comparison["rows"]
     higher = comparison["higher_is_better"]
-    lat_key = max((k for k in rows[0] if k.startswith("latency_b") and k.endswith("_p50_ms")),
-                  key=lambda k: int(k.split("_")[1][1:]))
     fig = Figure(figsize=(10, 4.2), dpi=100)
     FigureCanvasAgg(fig)
-    for i, (xkey, xlabel) in enumerate((("size_mb", "size on disk (MiB)"), (lat_key, f"{lat_key} (ms)"))):
+    axes = []
+    for i, (xkey, xlabel) in enumerate(pareto_axes(comparison)):
         ax = fig.add_subplot(1, 2, i + 1)
         pts = [(r[xkey], r["quality"], r["method"]) for r in rows]
         front = _pareto(pts, higher)
-        for x, y, name in pts:
-            ax.scatter([x], [y], color="tab:red" if name in front else "tab:blue", zorder=3)
-            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.scatter([x for x, _, _ in pts], [y for _, y, _ in pts], zorder=3,
+                   color=["tab:red" if name in front else "tab:blue" for _, _, name in pts])
         fx = sorted((x, y) for x, y, name in pts if name in front)
         if len(fx) > 1:
             ax.plot(*zip(*fx), color="tab:red", alpha=0.4, drawstyle="steps-post" if higher else "default")
         ax.set_xlabel(xlabel)
         ax.set_ylabel(f"{rows[0]['quality_metric']} ({'higher' if higher else 'lower'} is better)")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{title}: red = Pareto front", fontsize=9)
+        ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points
+        axes.append((ax, pts))
+    fig.suptitle(f"{title}: red = Pareto front" if title else "red = Pareto front", fontsize=9)
     fig.tight_layout()
+    for ax, pts in axes:
+        _label(fig, ax, pts)
+    return fig
+
+
+def _label(fig: Any, ax: Any, pts: list[tuple[float, float, str]]) -> None:
+    """Name each point; a label that would overlap one already placed moves down a line at a time
+    (and gets a leader line back to its point)."""
+    from matplotlib.text import Text
+
+    renderer = fig.canvas.get_renderer()
+
+    def words(text: Any) -> Any:  # the label's own box, without its leader line
+        text.update_positions(renderer)
+        return Text.get_window_extent(text, renderer)
+
+    placed: list[Any] = []
+    for x, y, name in sorted(pts, key=lambda p: (-p[1], p[0])):
+        dy = 3.0
+        text = ax.annotate(name, (x, y), fontsize=7, xytext=(5, dy), textcoords="offset points")
+        box = words(text)
+        step = box.height * 72 / fig.dpi + 1
+        while any(box.overlaps(b) for b in placed) and dy > -40 * step:
+            dy -= step
+            text.xyann = (5, dy)
+            box = words(text)
+        if dy != 3.0:
+            text.remove()
+            ax.annotate(name, (x, y), fontsize=7, xytext=(5, dy), textcoords="offset points",
+                        arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5, "shrinkA": 0, "shrinkB": 3})
+        placed.append(box)
+
+
+def pareto_png(comparison: dict[str, Any], path: Path, title: str = "") -> Path:
+    """``pareto_figure`` written to ``path`` as PNG (atomically)."""
+    import io
+
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    pareto_figure(comparison, title).savefig(buf, format="png")
     return atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 

@@ -42,9 +42,9 @@ from lab.config import Config, from_dict, validate
 from lab.errors import LabError
 from lab.cost import num_params
 from lab.evaluate import kind_of, quality
-from lab.models import build_model
+from lab.families import build_module, family
 from lab.modules import LabModule, Regressor
-from lab.train import build_module, train_module
+from lab.train import train_module
 
 STUDENT_MAX_RATIO = 0.5
 """A derived student has at most this share of the teacher's parameters."""
@@ -121,18 +121,14 @@ def val_quality(model: nn.Module, dm: L.LightningDataModule, kind: str) -> dict[
 
 def _count(model_cfg: Any) -> int:
     with torch.device("meta"):  # shapes only: no memory, no init cost
-        return num_params(build_model(model_cfg))
+        return num_params(family(model_cfg.name).build(model_cfg))
 
 
 def _narrow(c: Any, scale: float) -> dict[str, Any]:
-    if c.name in ("gpt", "vit"):
-        # Half the blocks, then width in whole heads (n_embd must stay a multiple of n_head).
-        return {"n_layer": max(1, c.n_layer // 2), "n_embd": c.n_head * max(1, round(c.n_embd * scale / c.n_head))}
-    if c.name == "cnn":
-        return {"channels": [max(1, round(ch * scale)) for ch in c.channels], "hidden": max(1, round(c.hidden * scale))}
-    if c.name == "mlp":
-        return {"hidden": [max(1, round(h * scale)) for h in c.hidden]}
-    raise LabError(f"distill cannot derive a student for model {c.name!r}: pass option student={{...}}")
+    fam = family(c.name)
+    if fam.narrow is None:
+        raise LabError(f"distill cannot derive a student for model {c.name!r}: pass option student={{...}}")
+    return fam.narrow(c, scale)
 
 
 def derive_student(model_cfg: Any, max_ratio: float = STUDENT_MAX_RATIO) -> dict[str, Any]:

@@ -50,6 +50,7 @@ from lab.compress.parity import max_abs_diff, parity_inputs, val_batches
 from lab.compress.quantize import quiet_torchao_import
 from lab.cost import is_token_ids, num_params
 from lab.errors import LabError
+from lab.families import FAMILIES, family_of
 
 WEIGHTS_FILE = "model_int8.safetensors"
 PARITY_TOLERANCE = 1e-4
@@ -86,20 +87,18 @@ def seven_bit_activations() -> bool:
     return not (has_vnni is not None and has_vnni())
 
 
-def _check_supported(model: nn.Module) -> None:
-    """GPT and MLP only, the models this path was verified on.
+def _check_supported(cfg: Any) -> None:
+    """Only families whose record says int8-static was verified on them (the GPT and the MLP).
 
     Measured on the digits models: PT2E folds the CNN's BatchNorm into its conv weights, so the
     saved weights would not be the ones quantized; and Inductor's compiled ViT differed from its
     own eager int8 graph by more than int8 differs from fp32. ``int8_static``'s parity checks
     catch both, but a clear refusal before any work is kinder.
     """
-    from lab.models.gpt import GPT
-    from lab.models.mlp import MLP
-
-    if not isinstance(model, (GPT, MLP)):
-        raise LabError(f"int8-static supports the GPT and MLP models, not {type(model).__name__}: "
-                       "use --method int8-dynamic or onnx-int8")
+    fam = family_of(cfg)
+    if not fam.int8_static:
+        verified = ", ".join(f.name for f in FAMILIES.values() if f.int8_static)
+        raise LabError(f"int8-static supports {verified} models, not {fam.name}: use --method int8-dynamic or onnx-int8")
 
 
 def _block_size(model: nn.Module) -> int | None:
@@ -319,7 +318,7 @@ def int8_static(module: Any, dm: Any, cfg: Any, out_dir: Path, calibration_batch
     """Calibrate on validation batches, save int8 safetensors, rebuild + compile from the file."""
     _require()
     model = module.model.eval()
-    _check_supported(model)
+    _check_supported(cfg)
     batches = val_batches(dm, int(calibration_batches))
     seven_bit = seven_bit_activations()
     prepared = calibrate(copy.deepcopy(model), batches, seven_bit)

@@ -41,7 +41,8 @@ from lab.compress import Artifact
 from lab.config import Config, from_dict, read_yaml
 from lab.errors import LabError
 from lab.cost import num_params
-from lab.models import CNN, MLP, build_model
+from lab.families import build_model
+from lab.models import CNN, MLP
 from lab.models.gpt import Block
 from lab.modules import LabModule
 from lab.train import train_module

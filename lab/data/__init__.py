@@ -12,7 +12,8 @@
 Modules: ``text`` (language modelling on the bundled corpus, local files or a
 verified download; char or byte-level BPE tokens), ``vision`` (sklearn digits),
 ``tabular`` (synthetic Friedman regression), ``tokenizers``, and the shared
-helpers in ``splits``, ``corpus`` and ``cache``. Every DataModule checks its
+helpers in ``splits`` and ``corpus`` (prepared data is cached under ``lab.fileio``'s cache
+folder, ``$LAB_CACHE_DIR``). Every DataModule checks its
 config in ``__init__`` and raises ``lab.errors.ConfigError`` before doing any work.
 """
 

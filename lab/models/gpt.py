@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lab.errors import ConfigError
+from lab.errors import ConfigError, require, require_positive
 
 
 @dataclass
@@ -45,6 +45,20 @@ class GPTConfig:
     """Dropout on embeddings, attention weights and residual branches; 0 for small data or pretraining."""
     bias: bool = False
     """Biases in Linear and LayerNorm layers; True matches GPT-2, False is a little faster and as good."""
+
+    def validate(self) -> None:
+        """Refuse a shape that cannot be built, naming the field and what is allowed."""
+        require_positive("model", self, "n_layer", "n_head", "n_embd", "block_size")
+        require(self.vocab_size is None or self.vocab_size >= 1, "model.vocab_size", self.vocab_size,
+                "a whole number >= 1, or null to take it from the tokenizer")
+        check_heads(self)
+        require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
+
+
+def check_heads(c: "GPTConfig | object") -> None:
+    """Every attention head gets ``n_embd / n_head`` channels (the GPT's and the ViT's rule)."""
+    require(c.n_embd % c.n_head == 0, "model.n_embd", c.n_embd, f"a multiple of model.n_head={c.n_head}",
+            "each attention head gets n_embd / n_head channels")
 
 
 class CausalSelfAttention(nn.Module):
@@ -113,10 +127,7 @@ class GPT(nn.Module):
         if config.vocab_size is None or config.vocab_size < 1:
             raise ConfigError("model.vocab_size", config.vocab_size,
                               "a whole number >= 1 (None is only allowed until the tokenizer fills it in)")
-        if config.block_size < 1:
-            raise ConfigError("model.block_size", config.block_size, "a whole number >= 1")
-        if config.n_head < 1 or config.n_embd % config.n_head != 0:
-            raise ConfigError("model.n_head", config.n_head, f"a divisor of model.n_embd={config.n_embd}")
+        config.validate()
         self.config = config
         self.transformer = nn.ModuleDict(dict(
             wte=nn.Embedding(config.vocab_size, config.n_embd),

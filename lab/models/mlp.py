@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lab.errors import ConfigError
+from lab.errors import require, require_positive
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 """Allowed values of ``MLPConfig.activation``."""
@@ -31,7 +31,7 @@ class MLPConfig:
     in_features: int = 10
     """Input features per sample."""
     hidden: tuple[int, ...] = (20,)
-    """Width of each hidden layer (a list is accepted); empty = a single linear layer."""
+    """Width of each hidden layer (a list of at least one width)."""
     out_features: int = 1
     """Outputs per sample (1 for a scalar regression target)."""
     activation: str = "relu"
@@ -41,18 +41,20 @@ class MLPConfig:
         # YAML gives lists; a tuple keeps the config hashable and its type honest.
         self.hidden = tuple(self.hidden)
 
+    def validate(self) -> None:
+        """Refuse a shape that cannot be built, naming the field and what is allowed."""
+        require_positive("model", self, "in_features", "hidden", "out_features")
+        require(self.activation in ACTIVATIONS, "model.activation", self.activation,
+                f"one of {', '.join(ACTIVATIONS)}")
+
 
 class MLP(nn.Module):
     """Linear layers with the activation between them (none after the last: raw outputs)."""
 
     def __init__(self, config: MLPConfig) -> None:
         super().__init__()
-        if config.activation not in ACTIVATIONS:
-            raise ConfigError("model.activation", config.activation, f"one of {', '.join(ACTIVATIONS)}")
+        config.validate()
         widths = [config.in_features, *config.hidden, config.out_features]
-        if any(w < 1 for w in widths):
-            raise ConfigError("model.hidden", list(config.hidden),
-                              "whole numbers >= 1 (and model.in_features, model.out_features >= 1)")
         self.config = config
         layers: list[nn.Module] = []
         for i, (n_in, n_out) in enumerate(zip(widths[:-1], widths[1:])):

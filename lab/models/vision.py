@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from lab.errors import ConfigError
-from lab.models.gpt import Block
+from lab.errors import require, require_positive
+from lab.models.gpt import Block, check_heads
 
 IN_CHANNELS = 1
 """Input image channels: the lab's image data (8x8 digits) is greyscale."""
@@ -45,17 +45,19 @@ class CNNConfig:
         # YAML gives lists; a tuple keeps the config hashable and its type honest.
         self.channels = tuple(self.channels)
 
+    def validate(self) -> None:
+        """Refuse a shape that cannot be built, naming the field and what is allowed."""
+        require_positive("model", self, "channels", "hidden", "num_classes", "image_size")
+        require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
+
 
 class CNN(nn.Module):
     """Conv stages (3x3 conv, BatchNorm, ReLU, 2x2 max-pool while the image is >= 2 px) -> MLP head."""
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
+        config.validate()
         channels = tuple(config.channels)
-        if not channels or any(c < 1 for c in channels):
-            raise ConfigError("model.channels", list(channels), "a non-empty list of whole numbers >= 1")
-        if config.image_size < 1:
-            raise ConfigError("model.image_size", config.image_size, "a whole number >= 1")
         self.config = config
         layers: list[nn.Module] = []
         in_ch, size = IN_CHANNELS, config.image_size
@@ -107,17 +109,21 @@ class ViTConfig:
     dropout: float = 0.0
     """Dropout on embeddings, attention weights and residual branches."""
 
+    def validate(self) -> None:
+        """Refuse a shape that cannot be built, naming the field and what is allowed."""
+        require_positive("model", self, "image_size", "patch_size", "n_layer", "n_head", "n_embd", "num_classes")
+        require(self.image_size % self.patch_size == 0, "model.patch_size", self.patch_size,
+                f"a divisor of model.image_size={self.image_size}")
+        check_heads(self)
+        require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
+
 
 class ViT(nn.Module):
     """Patches -> linear embedding + positions, a CLS token, transformer blocks, head on CLS."""
 
     def __init__(self, config: ViTConfig) -> None:
         super().__init__()
-        if config.patch_size < 1 or config.image_size % config.patch_size != 0:
-            raise ConfigError("model.patch_size", config.patch_size,
-                              f"a divisor of model.image_size={config.image_size}")
-        if config.n_head < 1 or config.n_embd % config.n_head != 0:
-            raise ConfigError("model.n_head", config.n_head, f"a divisor of model.n_embd={config.n_embd}")
+        config.validate()
         self.config = config
         n_patches = (config.image_size // config.patch_size) ** 2
         # A conv with kernel = stride = patch is exactly "cut into patches, flatten, Linear".

@@ -4,6 +4,7 @@
     diff = config_diff(["gpt-nano/20261129-0501-ab12", "gpt-nano/20261129-0502-cd34"])
     diff["optimizer.lr"]             # [0.002, 0.0005]: one value per run, only keys that differ
     RunComparer()                    # in a notebook: pick runs, choose a curve, see both
+    pickable(root, limit=20, text="vit")   # what its list offers: readable runs, newest first, filtered
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from lab import runs
-from lab.config import flatten
+from lab.config import config_diff as configs_diff
 
 
 def _load(items: Iterable[runs.Run | str | Path], root: Any = None) -> list[runs.Run]:
@@ -23,10 +24,7 @@ def _load(items: Iterable[runs.Run | str | Path], root: Any = None) -> list[runs
 
 def config_diff(items: Iterable[runs.Run | str | Path], root: Any = None) -> dict[str, list[Any]]:
     """Dotted config keys whose values differ between the runs -> one value per run (None = absent)."""
-    loaded = _load(items, root)
-    flat = [flatten(r.config) for r in loaded]
-    keys = sorted(set().union(*flat)) if flat else []
-    return {k: [f.get(k) for f in flat] for k in keys if len({repr(f.get(k)) for f in flat}) > 1}
+    return configs_diff([r.config for r in _load(items, root)])
 
 
 def common_tags(items: Iterable[runs.Run | str | Path], root: Any = None) -> list[str]:
@@ -62,34 +60,63 @@ def diff_html(diff: dict[str, list[Any]], names: list[str]) -> str:
     return f"<table><tr><th>config key</th>{head}</tr>{rows}</table>"
 
 
+LIST_LIMIT = 20
+"""Runs the comparer lists at once: a workshop makes 50+, and a list that long hides the new ones."""
+
+
+def pickable(root: Any = None, limit: int = LIST_LIMIT, text: str = "") -> tuple[list[str], int]:
+    """(names of the newest ``limit`` readable runs whose name contains ``text``, newest first; how many matched)."""
+    needle = text.strip().lower()
+    names = [r.name for r in reversed(runs.list_runs(root)) if r.problem is None and needle in r.name.lower()]
+    return names[:limit], len(names)
+
+
 class RunComparer:
     """A run picker: select runs, choose a curve; the overlay and the config differences update.
 
         c = RunComparer(); c            # display it (the last expression of a cell)
         c.select(["gpt-nano/...", "gpt-nano/..."]); c.tag.value = "val/loss"   # or drive it from code
+        c.filter.value = "digits"       # list only runs whose name contains it (the newest ``limit`` of them)
     """
 
-    def __init__(self, root: Any = None, tag: str = "train/loss") -> None:
+    def __init__(self, root: Any = None, tag: str = "train/loss", limit: int = LIST_LIMIT) -> None:
         import ipywidgets as w
 
-        self.root = root
+        self.root, self.limit = root, limit
         self.picker = w.SelectMultiple(description="runs", rows=8, layout=w.Layout(width="420px"))
+        self.filter = w.Text(description="filter", placeholder="part of a run name, e.g. gpt-nano",
+                             layout=w.Layout(width="420px"))
+        self.shown = w.HTML()
         self.tag = w.Dropdown(description="curve", options=[tag], value=tag)
         self.refresh_button = w.Button(description="refresh", icon="refresh")
         self.chart = w.Image(format="png")
         self.table = w.HTML()
         self.picker.observe(lambda _: self.update(), names="value")
+        self.filter.observe(lambda _: self.refresh(), names="value")
         self.tag.observe(lambda _: self.update(), names="value")
         self.refresh_button.on_click(lambda _: self.refresh())
-        self.widget = w.VBox([w.HBox([self.picker, w.VBox([self.tag, self.refresh_button])]), self.chart, self.table])
+        self.widget = w.VBox([w.HBox([w.VBox([self.filter, self.picker, self.shown]),
+                                      w.VBox([self.tag, self.refresh_button])]), self.chart, self.table])
         self.refresh()
 
     def refresh(self) -> None:
-        """Re-read the runs folder (new runs appear)."""
-        self.picker.options = [r.name for r in runs.list_runs(self.root)]
+        """Re-read the runs folder (new runs appear at the top); runs already selected stay listed."""
+        names, matched = pickable(self.root, self.limit, self.filter.value)
+        keep = tuple(self.picker.value)
+        self.picker.options = [*(n for n in keep if n not in names), *names]
+        self.picker.value = keep  # a new options list clears the selection: put it back
+        more = f" of {matched}: type in the filter to find older ones" if matched > len(names) else ""
+        self.shown.value = f"<small>{len(names)} runs{more}, newest first</small>"
 
     def select(self, names: Iterable[str]) -> None:
-        self.picker.value = tuple(names)
+        names = tuple(names)
+        missing = [n for n in names if n not in self.picker.options]
+        if missing:  # older than the list shows: add them (they must exist)
+            _load(missing, self.root)
+            keep = tuple(self.picker.value)
+            self.picker.options = [*missing, *self.picker.options]
+            self.picker.value = keep
+        self.picker.value = names
 
     def update(self) -> None:
         names = list(self.picker.value)

@@ -1,7 +1,9 @@
 """How a Plan reads: the text ``lab plan`` prints and the ``lab fit`` command it recommends.
 
     from lab.plan import plan
+    from lab.plan.report import human_time
     print(plan("gpt2-124m", device="H100").to_text())     # calls plan_text
+    human_time(5400)                                       # "1.5 h" (sizes: lab.units.human_bytes)
 """
 
 from __future__ import annotations
@@ -10,19 +12,11 @@ import shlex
 from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from lab.config import Config
+from lab.plan.formulas import PRECISIONS
+from lab.units import human_bytes
 
 if TYPE_CHECKING:
-    from lab.plan import Plan
-
-GIB = 2**30
-
-
-def human_bytes(n: float) -> str:
-    """``1.5e9`` -> ``"1.40 GiB"``."""
-    for unit, size in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if abs(n) >= size:
-            return f"{n / size:.2f} {unit}"
-    return f"{int(n)} B"
+    from lab.plan import Plan  # only a type: lab.plan imports this module, never the other way
 
 
 def human_count(n: float) -> str:
@@ -36,6 +30,20 @@ def human_time(seconds: float) -> str:
         if seconds >= size:
             return f"{seconds / size:.1f} {unit}"
     return f"{seconds:.3g} s"
+
+
+def recommendation_time(r: Any, p: Any = None) -> str:
+    """How long the recommended setup trains, beside the planned one's when they differ: the
+    recommendation has the fewest devices that fit, which is rarely the fastest."""
+    mine = r.time_to_budget_s if r.budget else r.step_time_s
+    what = f"{human_count(r.budget)} {p.model.unit if p is not None else 'units'} in" if r.budget else "step time"
+    text = f"{what} {human_time(mine)}"
+    if p is not None and (r.devices, r.nodes, r.strategy) != (p.devices, p.nodes, p.strategy):
+        theirs = p.time_to_budget_s if r.budget else p.step_time_s
+        if theirs:
+            text += (f" (the {p.strategy} setup on {p.devices * p.nodes} devices above: {human_time(theirs)}; "
+                     f"fewer devices take longer)" if mine > theirs else f" (the setup above: {human_time(theirs)})")
+    return text
 
 
 def _override_tokens(overrides: Iterable[str] | Mapping[str, Any]) -> list[str]:
@@ -80,7 +88,7 @@ def fit_command(p: Plan, label: str, overrides: Iterable[str] | Mapping[str, Any
 def plan_text(p: Plan) -> str:
     """A readable report: the setup, memory per device against the device, compute, time, recommendation."""
     m, mem, acc = p.model, p.memory, p.device
-    peak = acc.bf16_flops if p.precision not in ("32-true", "64-true") else acc.fp32_flops
+    peak = acc.bf16_flops if PRECISIONS[p.precision].half else acc.fp32_flops
     lines = [
         f"model      {p.config}: {m.name}, {m.params:,} parameters"
         + (f", seq {p.seq_len}" if m.unit == "tokens" else ""),
@@ -113,7 +121,8 @@ def plan_text(p: Plan) -> str:
     r = p.recommendation
     if r:
         lines += ["", f"recommendation ({'fits' if r.fits else 'closest miss'}): {r.strategy} on {r.devices} device(s)"
-                  f" x {r.nodes} node(s), {human_bytes(r.total)} per device -- {r.reason}", f"  {r.command}"]
+                  f" x {r.nodes} node(s), {human_bytes(r.total)} per device, {recommendation_time(r, p)} -- {r.reason}",
+                  f"  {r.command}"]
     if p.notes:
         lines += ["", "notes"] + [f"  - {n}" for n in dict.fromkeys(p.notes)]
     return "\n".join(lines)

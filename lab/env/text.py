@@ -2,28 +2,59 @@
 
     from lab import env
     print(env.report().to_text())
+
+Every line stays within ``WIDTH`` characters (a long last column wraps under itself), so the
+report reads the same in a terminal and in a notebook cell, which wraps wider lines.
 """
 
 from __future__ import annotations
 
+import textwrap
 from typing import TYPE_CHECKING, Any, Sequence
 
+from lab.units import human_bytes
+
 if TYPE_CHECKING:
-    from lab.env import EnvReport
+    from lab.env import EnvReport  # only a type: lab.env imports this module, never the other way
 
 MARK = {"pass": "PASS", "warn": "WARN", "fail": "FAIL"}
+WIDTH = 100
+"""Longest line of the report."""
 
 
-def _gib(n: Any) -> str:
-    return f"{n / 2**30:.1f} GiB" if isinstance(n, (int, float)) else "?"
-
-
-def _table(rows: list[Sequence[Any]], header: Sequence[str]) -> list[str]:
+def _grouped(rows: list[Sequence[Any]], header: Sequence[str], width: int = WIDTH) -> tuple[list[str], list[list[str]]]:
+    """(header lines, the lines of each row): aligned columns, the last one wrapped within ``width``."""
     cells = [[("-" if v is None else str(v)) for v in row] for row in rows]
     widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(header)]
-    out = ["  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
-           "  " + "  ".join("-" * w for w in widths)]
-    return out + ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in cells]
+    indent = 2 + sum(w + 2 for w in widths[:-1])
+    widths[-1] = min(widths[-1], max(20, width - indent))
+    head = ["  " + "  ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip(),
+            "  " + "  ".join("-" * w for w in widths)]
+    body = []
+    for r in cells:
+        last = textwrap.wrap(r[-1], widths[-1], break_on_hyphens=False) or [""]
+        first = ("  " + "  ".join(v.ljust(w) for v, w in zip([*r[:-1], last[0]], widths))).rstrip()
+        body.append([first] + [" " * indent + more for more in last[1:]])
+    return head, body
+
+
+def _table(rows: list[Sequence[Any]], header: Sequence[str], width: int = WIDTH) -> list[str]:
+    head, body = _grouped(rows, header, width)
+    return head + [line for row in body for line in row]
+
+
+def _checks(checks: Sequence[Any]) -> list[str]:
+    """One row per check; a check that does not pass gets its fix on the line below (no fix column:
+    with one, the table was wider than a notebook cell and wrapped)."""
+    head, body = _grouped([(MARK[k.status], k.name, k.detail) for k in checks], ["status", "check", "detail"])
+    indent = " " * (2 + len("status") + 2)
+    out = list(head)
+    for k, row in zip(checks, body):
+        out += row
+        if k.fix:
+            out += textwrap.wrap(f"fix: {k.fix}", WIDTH, initial_indent=indent, subsequent_indent=indent + "     ",
+                                 break_on_hyphens=False)
+    return out
 
 
 def _rate(value: float | str | None, unit: str) -> str:
@@ -50,7 +81,7 @@ def bench_lines(bench: dict[str, Any]) -> list[str]:
         rows.append((f"all-reduce ({ar.get('backend')})", f"failed: {ar['error']}"))
     elif ar:
         rows.append((f"all-reduce latency, {ar['world_size']} procs {ar['backend']}", f"{ar['latency_s'] * 1e6:.0f} us"))
-        rows.append((f"all-reduce bus bandwidth, {ar['bytes'] / 2**20:.0f} MiB", _rate(ar["bus_bandwidth"], "B/s")))
+        rows.append((f"all-reduce bus bandwidth, {human_bytes(ar['bytes'], 0)}", _rate(ar["bus_bandwidth"], "B/s")))
     rows.append(("took", f"{bench.get('seconds', 0):.1f} s; CPU peak cached for MFU: {_rate(bench.get('peak_flops_cached'), 'FLOP/s')}"))
     return ["", "bench"] + _table(rows, ["measurement", "result"])
 
@@ -58,7 +89,8 @@ def bench_lines(bench: dict[str, Any]) -> list[str]:
 def report_text(r: EnvReport) -> str:
     """Sections as a key/value table, then the packages, the checks, the install command and the bench."""
     s, t, c, d, j = r.system, r.torch, r.cpu, r.disk, r.jupyter
-    gpus = "; ".join(f"{g['name']} {_gib(g.get('memory_free'))} free of {_gib(g.get('memory_total'))}, "
+    gpus = "; ".join(f"{g['name']} {human_bytes(g.get('memory_free'), 1)} free of "
+                     f"{human_bytes(g.get('memory_total'), 1)}, "
                      f"cc {g.get('compute_capability') or '-'}, bf16 {'yes' if g.get('bf16') else 'no'}, "
                      f"TF32 {'yes' if g.get('tf32') else 'no'}, driver {g.get('driver') or '-'}" for g in r.gpus)
     facts = [
@@ -71,8 +103,8 @@ def report_text(r: EnvReport) -> str:
                 f"{c['usable_cores']} usable" + (f" (cgroup quota {c['cgroup_cpu_quota']})" if c.get("cgroup_cpu_quota") else "")
                 + f", torch threads {c['torch_threads']} ({c['torch_cpu_capability']})"),
         ("cpu extensions", ", ".join(c["extensions"]) or "-"),
-        ("memory", f"{_gib(r.memory['total'])} total, {_gib(r.memory['available'])} available"),
-        ("runs folder", f"{d['runs_dir']} ({'exists' if d['exists'] else 'not created yet'}): {_gib(d['free'])} free, "
+        ("memory", f"{human_bytes(r.memory['total'], 1)} total, {human_bytes(r.memory['available'], 1)} available"),
+        ("runs folder", f"{d['runs_dir']} ({'exists' if d['exists'] else 'not created yet'}): {human_bytes(d['free'], 1)} free, "
                         f"{'writable' if d['writable'] else 'NOT writable'}"),
         ("gpus", gpus or r.gpu_note),
         ("distributed env", ", ".join(f"{k}={v}" for k, v in r.distributed.items()) or "none set"),
@@ -82,8 +114,7 @@ def report_text(r: EnvReport) -> str:
     lines = ["Large Model Lab doctor  " + r.created, ""] + _table(facts, ["", ""])[2:]
     lines += ["", "packages"] + _table([(p["name"], p["version"] or "missing", p["required"], p["status"]) for p in r.packages],
                                        ["package", "version", "required", "status"])
-    lines += ["", "checks"] + _table([(MARK[k.status], k.name, k.detail, k.fix) for k in r.checks],
-                                     ["status", "check", "detail", "fix"])
+    lines += ["", "checks"] + _checks(r.checks)
     lines += ["", f"install on this machine ({r.install['why']})", f"  pip:   {r.install['pip']}",
               f"  conda: {r.install['conda']}"]
     if r.bench:

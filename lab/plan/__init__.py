@@ -7,13 +7,20 @@
     rec = recommend("gpt2-124m", device="A100")
     rec.strategy, rec.devices, rec.command   # the smallest strategy x device count that fits, as a command
 
-The formulas (with their sources) live in ``lab.plan_formulas``: 16 bytes per parameter for
+The formulas (with their sources) live in ``lab.plan.formulas``: 16 bytes per parameter for
 mixed-precision Adam (ZeRO paper), DeepSpeed's ZeRO-2/3 estimators, Korthikanti et al.'s
 per-layer activations adapted to the lab's GPT, PaLM's FLOPs per token. The model's numbers
 (parameters, largest layer) come from building it on the ``meta`` device: no memory, no weights.
 Models other than the GPT have no published formula here, so their activations and FLOPs are
 traced on the meta device (saved-tensor hooks and ``FlopCounterMode``). How close the estimate
 comes is measured, not assumed: ``tests/test_plan.py`` and ``benchmarks/plan_accuracy.py``.
+
+The package's imports flow one way: this module imports the others and, at run time, none
+imports it. ``lab.plan.report`` (the text and the ``lab fit`` command), ``lab.plan.memory``
+(bytes per device), ``lab.plan.model`` (the model's numbers), ``lab.plan.formulas`` (the
+published formulas), and ``lab.plan.measure`` (real allocations, for the tests and the
+benchmark). The devices and their peaks come from ``lab.env.peak``, the precision names from
+``lab.config``.
 """
 
 from __future__ import annotations
@@ -25,73 +32,47 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from lab.config import PRECISIONS as PRECISION_NAMES
 from lab.config import Config, load_config
+from lab.env.bench import last as last_bench
+from lab.env.peak import KNOWN_ACCELERATORS, Accelerator, known_accelerator, peak_flops
+from lab.env.probe import host_memory as machine_memory
 from lab.errors import ConfigError
-from lab.plan_formulas import PRECISIONS, GiB, Precision, optimizer_bytes_per_param
-from lab.plan_model import ModelFacts, model_facts
-from lab.plan_memory import MemoryBreakdown, estimate_memory
+from lab.families import family_of
+from lab.optim import OPTIMIZERS
+from lab.plan.formulas import PRECISIONS, Precision, optimizer_bytes_per_param
+from lab.plan.memory import MemoryBreakdown, estimate_memory
+from lab.plan.model import ModelFacts, model_facts
+from lab.plan.report import fit_command, plan_text
+from lab.units import GiB, human_bytes
 
 STRATEGIES = ("single", "ddp", "fsdp", "fsdp_grad_op", "deepspeed_stage_2", "deepspeed_stage_2_offload",
               "deepspeed_stage_3", "deepspeed_stage_3_offload")
 """What the planner estimates; all but ``fsdp_grad_op`` are ``trainer.strategy`` values ``lab fit`` runs."""
-OPTIMIZERS = ("adamw", "sgd")
 FIT_MARGIN = 0.10
 """A plan fits when it leaves this share of device memory free: allocator fragmentation, the CUDA
 context and communication buffers are not in the estimate."""
 DEFAULT_MFU = 0.40
 
 
-@dataclass(frozen=True)
-class Accelerator:
-    """A device the plan is made for: its memory and dense peak FLOP/s."""
-
-    name: str
-    """A100, H100, H200, L4, cpu, or the detected GPU's name."""
-    memory: int
-    """Bytes of device memory (for the CPU: host RAM, shared by every process on the machine)."""
-    bf16_flops: float
-    """Dense peak for 16-bit matmuls (CPU: the measured fp32 matmul peak)."""
-    fp32_flops: float
-    """Dense peak for fp32 matmuls without TF32."""
-    kind: str = "gpu"
-    """gpu or cpu."""
-    source: str = "named"
-    """named (from the table), detected (this machine) or measured (the CPU's matmul probe)."""
-
-
-# Vendor data sheets (dense, no sparsity; SXM parts), memory as nvidia-smi reports it.
-KNOWN_ACCELERATORS: dict[str, Accelerator] = {
-    "A100": Accelerator("A100", 81920 * 2**20, 312e12, 19.5e12),
-    "A100-40GB": Accelerator("A100-40GB", 40960 * 2**20, 312e12, 19.5e12),
-    "H100": Accelerator("H100", 81559 * 2**20, 989e12, 67e12),
-    "H200": Accelerator("H200", 143771 * 2**20, 989e12, 67e12),
-    "L4": Accelerator("L4", 23034 * 2**20, 121e12, 30.3e12),
-}
-
-
 def accelerator(name: str | None = None) -> Accelerator:
-    """The accelerator called ``name`` (A100, H100, H200, L4, cpu), or this machine's when None."""
+    """The accelerator called ``name`` (a key of ``KNOWN_ACCELERATORS``, or cpu), or this machine's when None."""
     import torch
-
-    from lab import env
-    from lab.env_probe import host_memory
 
     if name is None and torch.cuda.is_available():
         gpu = torch.cuda.get_device_name(0)
         total = torch.cuda.get_device_properties(0).total_memory
-        known = next((a for k, a in KNOWN_ACCELERATORS.items() if k in gpu.upper()), None)
+        known = known_accelerator(gpu)
         if known:
             return dataclasses.replace(known, name=gpu, memory=total, source="detected")
-        peak = env.peak_flops("cuda")
+        peak = peak_flops("cuda")
         return Accelerator(gpu, total, peak, peak / 8, "gpu", "detected")
     if name is None or name.lower() == "cpu":
-        from lab.bench import last
-
-        total, _ = host_memory()
-        peak = env.peak_flops("cpu")
+        total, _ = machine_memory()
+        peak = peak_flops("cpu")
         # bf16 matmuls on CPUs with AMX/AVX512-BF16 run several times faster than fp32: use the
         # last `lab doctor --bench` measurement at this thread count when there is one.
-        b = last() or {}
+        b = last_bench() or {}
         bf16 = b.get("cpu_matmul_bf16") if b.get("torch_threads") == torch.get_num_threads() else None
         return Accelerator("cpu", total or 0, bf16 if isinstance(bf16, float) else peak, peak, "cpu", "measured")
     for key, acc in KNOWN_ACCELERATORS.items():
@@ -120,6 +101,12 @@ class Recommendation:
     """``lab fit ...`` (or ``lab launch ... -- lab fit ...`` for several nodes)."""
     reason: str
     """One line: why this one."""
+    step_time_s: float = 0.0
+    """Estimated seconds per optimizer step of this setup (same MFU assumption as the plan)."""
+    budget: int | None = None
+    """Target tokens (or samples), if given."""
+    time_to_budget_s: float | None = None
+    """Estimated seconds to reach the budget on this setup: the fewest devices are rarely the fastest."""
 
 
 @dataclass
@@ -195,8 +182,6 @@ class Plan:
 
     def to_text(self) -> str:
         """The report ``lab plan`` prints."""
-        from lab.plan_report import plan_text
-
         return plan_text(self)
 
 
@@ -253,10 +238,9 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
     cfg = copy.deepcopy(config) if isinstance(config, Config) else load_config(config, overrides)
     label = str(config) if not isinstance(config, Config) else cfg.experiment
     t = cfg.trainer
-    precision = {"32": "32-true", "64": "64-true", "16": "16-mixed", "bf16": "bf16-mixed"}.get(
-        str(precision or t.precision), str(precision or t.precision))
-    if precision not in PRECISIONS:
-        raise ConfigError("precision", precision, f"one of {', '.join(PRECISIONS)}")
+    precision = str(precision or t.precision)
+    if precision not in PRECISION_NAMES:  # what a config accepts, so the recommended `lab fit` runs
+        raise ConfigError("precision", precision, f"one of {', '.join(PRECISION_NAMES)}")
     optimizer = (optimizer or cfg.optimizer.name).lower()
     if optimizer not in OPTIMIZERS:
         raise ConfigError("optimizer", optimizer, f"one of {', '.join(OPTIMIZERS)}")
@@ -268,7 +252,7 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
         raise ConfigError("mfu", mfu, "a fraction in (0, 1], e.g. 0.4")
     if seq_len is not None:
         _positive("seq_len", seq_len)
-        if cfg.model.name != "gpt":
+        if family_of(cfg).transformer is None or not hasattr(cfg.model, "block_size"):
             raise ConfigError("seq_len", seq_len, f"no value: model.name={cfg.model.name} has no sequence length")
         cfg.model.block_size = seq_len
     budget = parse_count(tokens) if tokens is not None else None
@@ -285,7 +269,7 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
     need = mem.total * (devices if acc.kind == "cpu" else 1)
     usable = acc.memory * (1 - FIT_MARGIN)
     units = micro_batch * facts.units_per_sample * world * accumulate
-    recompute = 4 / 3 if activation_checkpointing and facts.name == "gpt" else 1.0
+    recompute = 4 / 3 if activation_checkpointing and facts.shape is not None else 1.0
     flops_step = facts.flops_per_unit * units * recompute
     peak = acc.bf16_flops if prec.half else acc.fp32_flops
     step_time = flops_step / (world * peak * mfu)
@@ -298,13 +282,15 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
              flops_per_step=flops_step, mfu=mfu, step_time_s=step_time, budget=budget, steps=steps,
              time_to_budget_s=steps * step_time if steps else None, notes=notes)
     if mem.host:
-        notes.append(f"offload needs {mem.host / GiB:.1f} GiB of host RAM per node (DeepSpeed's estimate), checked "
-                     f"against {host / GiB:.1f} GiB" + ("" if host_memory is not None else " (this machine's: "
+        notes.append(f"offload needs {human_bytes(mem.host, 1)} of host RAM per node (DeepSpeed's estimate), checked "
+                     f"against {human_bytes(host, 1)}" + ("" if host_memory is not None else " (this machine's: "
                      "pass host_memory / --host_memory for the training nodes)"))
     if acc.kind == "cpu" and acc.source == "measured" and (world > 1 or cfg.trainer.accelerator in ("gpu", "cuda")):
         notes.append("planned for this machine's CPU: pass device / --device (A100, H100, H200, L4) to plan for GPUs")
     if activation_checkpointing:
         notes.append("lab fit has no activation-checkpointing option yet: this plans for the day it has")
+    if not acc.bf16 and precision.startswith("bf16"):
+        notes.append(f"{acc.name} has no bf16: train with 16-mixed / 16-true (same bytes, same fp16 peak)")
     if acc.kind == "cpu" and strategy.startswith(("deepspeed", "fsdp")):
         notes.append(f"{strategy} needs GPUs: on the CPU, lab fit runs single or ddp only")
     if acc.kind == "cpu" and prec.half:
@@ -319,9 +305,7 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
 
 
 def _this_host_memory() -> int:
-    from lab.env_probe import host_memory
-
-    return host_memory()[0] or 0
+    return machine_memory()[0] or 0
 
 
 def _candidates(acc: Accelerator, gpus_per_node: int, max_nodes: int) -> Iterable[tuple[int, int, str]]:
@@ -394,10 +378,9 @@ def recommend(config: str | Path | Config = "gpt-nano", *, label: str | None = N
 
 def _recommendation(p: Plan, label: str, overrides: Iterable[str] | Mapping[str, Any], cfg: Config,
                     seq_len: int | None, fits: bool, reason: str) -> Recommendation:
-    from lab.plan_report import fit_command
-
     return Recommendation(strategy=p.strategy, devices=p.devices, nodes=p.nodes, accumulate=p.accumulate, fits=fits,
-                          total=p.memory.total, command=fit_command(p, label, overrides, cfg, seq_len), reason=reason)
+                          total=p.memory.total, command=fit_command(p, label, overrides, cfg, seq_len), reason=reason,
+                          step_time_s=p.step_time_s, budget=p.budget, time_to_budget_s=p.time_to_budget_s)
 
 
 __all__ = ["Accelerator", "KNOWN_ACCELERATORS", "Plan", "Recommendation", "accelerator", "parse_count", "plan",

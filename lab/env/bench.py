@@ -1,12 +1,12 @@
 """Short measurements of this machine, in seconds, not minutes: ``lab doctor --bench``.
 
-    from lab import bench
+    from lab.env import bench
     b = bench.run()        # {"cpu_matmul_fp32": 1.1e11, "cpu_matmul_bf16": ..., "host_memory_bandwidth": ...,
                            #  "gpu_...": (GPUs only), "allreduce": {"backend": "gloo", "latency_s": ..., ...}}
     bench.allreduce(world_size=2)          # 2 local processes: gloo on CPU, NCCL on 2+ GPUs
     bench.memory_bandwidth("cpu")          # bytes/s of a large tensor copy (read + write)
 
-``run`` re-measures the CPU's fp32 matmul peak through ``lab.env.peak_flops(refresh=True)``,
+``run`` re-measures the CPU's fp32 matmul peak through ``lab.env.peak.peak_flops(refresh=True)``,
 so the training throughput callback divides by this measurement when it reports MFU. It
 also keeps the whole result in ``<cache>/bench.json``. Nothing here raises: a measurement
 that fails is reported as an error string.
@@ -26,7 +26,8 @@ from typing import Any
 
 import torch
 
-from lab import env
+from lab.env import peak
+from lab.env.peak import best_seconds, device_sync
 from lab.fileio import default_cache_dir, write_json
 
 
@@ -34,16 +35,10 @@ def memory_bandwidth(device: str = "cpu", nbytes: int = 256 * 2**20, seconds: fl
     """Bytes/s of copying an ``nbytes`` tensor into another (each copy reads and writes ``nbytes``)."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
     dst = torch.empty_like(src)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync = device_sync(device)
     dst.copy_(src)  # warm-up: page faults on first touch are not bandwidth
     sync()
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        dst.copy_(src)
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * nbytes / best
+    return 2 * nbytes / best_seconds(lambda: dst.copy_(src), seconds, sync)
 
 
 def host_to_device_bandwidth(nbytes: int = 256 * 2**20, seconds: float = 0.3) -> float:
@@ -52,13 +47,7 @@ def host_to_device_bandwidth(nbytes: int = 256 * 2**20, seconds: float = 0.3) ->
     dst = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst.copy_(src)
     torch.cuda.synchronize()
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        dst.copy_(src, non_blocking=True)
-        torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return nbytes / best
+    return nbytes / best_seconds(lambda: dst.copy_(src, non_blocking=True), seconds, torch.cuda.synchronize)
 
 
 def free_port() -> int:
@@ -77,26 +66,24 @@ def _allreduce_worker(rank: int, world: int, port: int, backend: str, nbytes: in
     if backend == "nccl":
         torch.cuda.set_device(device)
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=dt.timedelta(seconds=30))
-    sync = torch.cuda.synchronize if backend == "nccl" else (lambda: None)
+    sync = device_sync(str(device))
+
+    def timings(t: torch.Tensor, repeats: int) -> list[float]:
+        # A fixed count, not a deadline: every rank must call all_reduce the same number of times.
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            dist.all_reduce(t)
+            sync()
+            out.append(time.perf_counter() - t0)
+        return out
+
     try:
         small, big = torch.ones(1, device=device), torch.ones(nbytes // 4, device=device)
-        for _ in range(5):
-            dist.all_reduce(small)
-        sync()
-        lat = []
-        for _ in range(30):
-            t0 = time.perf_counter()
-            dist.all_reduce(small)
-            sync()
-            lat.append(time.perf_counter() - t0)
-        dist.all_reduce(big)
-        sync()
-        big_t = []
-        for _ in range(5):
-            t0 = time.perf_counter()
-            dist.all_reduce(big)
-            sync()
-            big_t.append(time.perf_counter() - t0)
+        timings(small, 5)  # warm-up: the first collectives set up connections
+        lat = timings(small, 30)
+        timings(big, 1)
+        big_t = timings(big, 5)
         if rank == 0:
             # nccl-tests' bus bandwidth: an all-reduce moves 2(n-1)/n of the buffer over each link.
             best = min(big_t)
@@ -148,24 +135,24 @@ def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def run(seconds: float = 0.3, allreduce_bytes: int = 16 * 2**20) -> dict[str, Any]:
     """Every measurement for this machine (a few seconds), cached in ``<cache>/bench.json``."""
     start = time.perf_counter()
-    peak = env.peak_flops("cpu", refresh=True)  # the MFU callback reads this cached value
+    cpu_peak = peak.peak_flops("cpu", refresh=True)  # the MFU callback reads this cached value
     result: dict[str, Any] = {
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "torch_threads": torch.get_num_threads(),
-        "cpu_matmul_fp32": peak,
-        "cpu_matmul_bf16": _safe(env.matmul_flops, 1024, torch.bfloat16, "cpu", seconds),
+        "cpu_matmul_fp32": cpu_peak,
+        "cpu_matmul_bf16": _safe(peak.matmul_flops, 1024, torch.bfloat16, "cpu", seconds),
         "host_memory_bandwidth": _safe(memory_bandwidth, "cpu", 256 * 2**20, seconds),
     }
     if torch.cuda.is_available():
         result.update(
             gpu_name=torch.cuda.get_device_name(0),
-            gpu_matmul_fp32=_safe(env.matmul_flops, 4096, torch.float32, "cuda", seconds),
-            gpu_matmul_bf16=_safe(env.matmul_flops, 8192, torch.bfloat16, "cuda", seconds),
+            gpu_matmul_fp32=_safe(peak.matmul_flops, 4096, torch.float32, "cuda", seconds),
+            gpu_matmul_bf16=_safe(peak.matmul_flops, 8192, torch.bfloat16, "cuda", seconds),
             gpu_memory_bandwidth=_safe(memory_bandwidth, "cuda", 2**30, seconds),
             host_to_gpu_bandwidth=_safe(host_to_device_bandwidth, 256 * 2**20, seconds),
         )
     result["allreduce"] = allreduce(2, nbytes=allreduce_bytes)
-    result["peak_flops_cached"] = peak
+    result["peak_flops_cached"] = cpu_peak
     result["seconds"] = time.perf_counter() - start
     try:
         write_json(default_cache_dir() / "bench.json", result)

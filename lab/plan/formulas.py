@@ -1,10 +1,10 @@
 """The published memory and compute formulas behind ``lab plan``, as pure functions of numbers.
 
-    from lab.plan_formulas import PRECISIONS, zero_model_states, deepspeed_zero2_estimate, gpt_activation_bytes
+    from lab.plan.formulas import PRECISIONS, zero_model_states, deepspeed_zero2_estimate, gpt_layer_activation_bytes
     zero_model_states(7.5e9, stage=0, dp=64)          # 120e9 bytes: the ZeRO paper's baseline
     deepspeed_zero2_estimate(1.5e9, gpus_per_node=8)    # (cpu_bytes, gpu_bytes), as DeepSpeed prints them
-    gpt_activation_bytes(micro_batch=16, seq_len=1024, n_layer=12, n_embd=768, n_head=12, vocab_size=50257,
-                         precision=PRECISIONS["bf16-mixed"])
+    gpt_layer_activation_bytes(micro_batch=16, seq_len=1024, n_embd=768, n_head=12,
+                               precision=PRECISIONS["bf16-mixed"])    # one block's saved activations
 
 Sources:
 
@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GiB = 2**30
+from lab.config import PRECISIONS as PRECISION_NAMES
 
 
 @dataclass(frozen=True)
@@ -51,15 +51,22 @@ class Precision:
     """Matmuls run in 16 bits, so the accelerator's bf16/fp16 peak applies."""
 
 
-PRECISIONS: dict[str, Precision] = {
-    "32-true": Precision(4, 4, 4, 4, 4, 4, 0, False),
-    "64-true": Precision(8, 8, 8, 8, 8, 8, 0, False),
-    "bf16-mixed": Precision(4, 4, 4, 2, 4, 4, 2, True),
-    "16-mixed": Precision(4, 4, 4, 2, 4, 4, 2, True),
-    "bf16-true": Precision(2, 2, 2, 2, 2, 2, 0, True),
-    "16-true": Precision(2, 2, 2, 2, 2, 2, 0, True),
-}
-"""Lightning precision name -> bytes per element (``32`` and ``64`` are aliases of the ``-true`` ones)."""
+def precision_bytes(name: str) -> Precision:
+    """Bytes per element under Lightning precision ``name`` (``bf16-mixed``, ``32-true``, ``32``, ...).
+
+    ``*-true`` (and a bare width such as ``32``) keeps every tensor at that width; ``*-mixed``
+    keeps fp32 parameters, gradients and optimizer states and runs the matmuls in 16 bits
+    under autocast, which keeps norms and the loss in fp32 and caches a 16-bit copy of each weight.
+    """
+    width, _, mode = name.partition("-")
+    size = {"64": 8, "32": 4, "16": 2, "bf16": 2}[width]
+    if mode == "mixed":
+        return Precision(4, 4, 4, size, 4, 4, size, True)
+    return Precision(size, size, size, size, size, size, 0, size == 2)
+
+
+PRECISIONS: dict[str, Precision] = {name: precision_bytes(name) for name in PRECISION_NAMES}
+"""Each precision a config accepts (``lab.config.PRECISIONS``, the one list of names) -> bytes per element."""
 
 
 def optimizer_bytes_per_param(optimizer: str, precision: Precision, momentum: float = 0.9) -> int:

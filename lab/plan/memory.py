@@ -1,11 +1,11 @@
 """Bytes per device by kind, for a model, a precision, an optimizer and a strategy.
 
-    from lab.plan_memory import estimate_memory
+    from lab.plan.memory import estimate_memory
     mem = estimate_memory(facts, PRECISIONS["bf16-mixed"], "adamw", 0.9, "deepspeed_stage_2", devices=8,
                           nodes=1, micro_batch=16, activation_checkpointing=False)
     mem.weights, mem.gradients, mem.optimizer, mem.activations, mem.other, mem.total, mem.host
 
-How each strategy lays out the model states (sources in ``lab.plan_formulas``):
+How each strategy lays out the model states (sources in ``lab.plan.formulas``):
 
 - single / ddp: weights, gradients and optimizer states whole on every device, at the
   precision's bytes: plain PyTorch under ``*-mixed`` keeps fp32 weights, fp32 gradients and
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from lab.plan_formulas import (
+from lab.plan.formulas import (
     PRECISIONS,
     Precision,
     gpt_layer_activation_bytes,
@@ -32,7 +32,7 @@ from lab.plan_formulas import (
     gpt_output_activation_bytes,
     optimizer_bytes_per_param,
 )
-from lab.plan_model import ModelFacts
+from lab.plan.model import ModelFacts
 
 OFFLOAD_BUFFER = 1.5
 """DeepSpeed's ``additional_buffer_factor`` for host memory."""
@@ -68,19 +68,20 @@ class MemoryBreakdown:
 
 def activation_bytes(facts: ModelFacts, prec: Precision, micro_batch: int, checkpointing: bool) -> tuple[int, int]:
     """(saved activations, transient loss-backward buffers) for one micro-batch on one device."""
-    if facts.name != "gpt":
+    shape = facts.shape
+    if shape is None:
         kind = "mixed" if prec.cast else ("16" if prec.half else "32")
         return facts.traced_activation_bytes.get(kind, 0) * (2 if prec.weight == 8 else 1), 0
-    s, h = facts.units_per_sample, facts.n_embd
-    layer = gpt_layer_activation_bytes(micro_batch, s, h, facts.n_head, prec, facts.dropout)
+    s, h = shape.seq_len, shape.n_embd
+    layer = gpt_layer_activation_bytes(micro_batch, s, h, shape.n_head, prec, shape.dropout)
     if checkpointing:
         # Full recomputation (Korthikanti et al., section 4.2): keep each block's input, and
         # one block's activations while it is recomputed in the backward pass.
-        saved = facts.n_layer * micro_batch * s * h * prec.norm + layer
+        saved = shape.n_layer * micro_batch * s * h * prec.norm + layer
     else:
-        saved = facts.n_layer * layer
-    saved += gpt_output_activation_bytes(micro_batch, s, h, facts.vocab_size, prec)
-    return saved, gpt_loss_backward_bytes(micro_batch, s, facts.vocab_size, prec)
+        saved = shape.n_layer * layer
+    saved += gpt_output_activation_bytes(micro_batch, s, h, shape.vocab, prec)
+    return saved, gpt_loss_backward_bytes(micro_batch, s, shape.vocab, prec)
 
 
 def estimate_memory(facts: ModelFacts, prec: Precision, optimizer: str, momentum: float, strategy: str,
@@ -125,10 +126,10 @@ def estimate_memory(facts: ModelFacts, prec: Precision, optimizer: str, momentum
         else:
             weights, grads, opt = w * P, g * P, o * P
             # Autocast's 16-bit weight copies (a traced model's trace already holds them).
-            other = prec.cast * P if facts.name == "gpt" else 0
+            other = prec.cast * P if facts.shape is not None else 0
             if strategy == "ddp" and n > 1:
                 other += g * P  # DDP's gradient buckets (gradient_as_bucket_view=False)
     saved, transient = activation_bytes(facts, act_prec, micro_batch, activation_checkpointing)
-    if activation_checkpointing and facts.name != "gpt":
-        notes.append(f"activation checkpointing is planned for GPT blocks only; {facts.name} is planned without")
+    if activation_checkpointing and facts.shape is None:
+        notes.append(f"activation checkpointing is planned for transformer blocks only; {facts.name} is planned without")
     return MemoryBreakdown(int(weights), int(grads), int(opt), int(saved), int(other + transient), int(host))

@@ -1,13 +1,14 @@
 """The numbers the planner needs from a model, read from a copy built on the ``meta`` device.
 
     from lab.config import load_config
-    from lab.plan_model import model_facts
+    from lab.plan.model import model_facts
     facts = model_facts(load_config("gpt2-124m"), micro_batch=16)
     facts.params, facts.largest_layer_params, facts.flops_per_unit      # 124439808, 38597376, ...
 
 A meta tensor has a shape and a dtype but no storage, so even a 70B-parameter config is
-"built" in milliseconds without memory. For the GPT the planner uses published formulas
-(``lab.plan_formulas``); the other models (CNN, ViT, MLP) have none, so their FLOPs are
+"built" in milliseconds without memory. For a family that gives its transformer shape (its
+record's ``transformer`` hook: the GPT) the planner uses published formulas
+(``lab.plan.formulas``); for the others (CNN, ViT, MLP) their FLOPs are
 counted on the meta device (``FlopCounterMode``, forward + backward) and their saved
 activations traced: every tensor autograd saves for the backward pass, once per storage --
 for real on the CPU in fp32, bf16 and under autocast (these models are small), from the
@@ -18,30 +19,24 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from lab.config import Config
-from lab.models import build_model
-from lab.plan_formulas import gpt_flops_per_token
+from lab.families import ModelFamily, TransformerShape, family_of
+from lab.plan.formulas import gpt_flops_per_token
 
 REAL_TRACE_LIMIT = 20_000_000
-"""Non-GPT models up to this many parameters are traced for real on the CPU (autocast needs real tensors)."""
-CHAR_VOCAB_BOUND = 256
-"""Vocabulary assumed for a char tokenizer with ``model.vocab_size: null`` (the real count is only
-known once the corpus is read; 256 is an upper bound for byte-like text)."""
-
-
+"""Traced models up to this many parameters are traced for real on the CPU (autocast needs real tensors)."""
 @dataclass
 class ModelFacts:
     """Counts that decide memory and compute, independent of how the model is trained."""
 
     name: str
-    """Model family: gpt, cnn, vit or mlp."""
+    """Model family (``model.name``)."""
     params: int
     """Parameters, each tied tensor once (GPT-2 small: 124,439,808)."""
     non_embedding_params: int
@@ -54,19 +49,12 @@ class ModelFacts:
     """Tokens per sample (the sequence length) or 1."""
     flops_per_unit: float
     """Training FLOPs (forward + backward) per token or per sample."""
-    n_layer: int = 0
-    """Transformer blocks (GPT only)."""
-    n_embd: int = 0
-    """Residual width (GPT only)."""
-    n_head: int = 0
-    """Attention heads (GPT only)."""
-    vocab_size: int = 0
-    """Vocabulary size (GPT only)."""
-    dropout: float = 0.0
-    """Dropout probability (GPT only: adds dropout masks to the activations)."""
+    shape: TransformerShape | None = None
+    """The transformer shape the family gives the planner (analytic activation memory), or None."""
     traced_activation_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
-    """Non-GPT models: bytes saved for backward per micro-batch, by precision kind ("32", "16", "mixed";
-    "mixed" includes autocast's weight copies), traced on the CPU (or the meta device for big models)."""
+    """Families without a transformer shape: bytes saved for backward per micro-batch, by precision
+    kind ("32", "16", "mixed"; "mixed" includes autocast's weight copies), traced on the CPU (or the
+    meta device for big models)."""
 
 
 def _largest_layer(model: nn.Module) -> int:
@@ -102,52 +90,44 @@ _CACHE: dict[str, ModelFacts] = {}
 def model_facts(cfg: Config, micro_batch: int, notes: list[str] | None = None) -> ModelFacts:
     """Parameters, largest layer and FLOPs of ``cfg.model`` (built on the meta device), per ``micro_batch``."""
     notes = notes if notes is not None else []
-    m = cfg.model
-    vocab = None
-    if m.name == "gpt" and m.vocab_size is None:
-        vocab = cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else CHAR_VOCAB_BOUND
-        notes.append(f"model.vocab_size is null: planned with {vocab} tokens "
-                     f"({'data.vocab_size' if cfg.data.tokenizer == 'bpe' else 'an upper bound for characters'})")
+    fam = family_of(cfg)
+    m, note = fam.plan_shape(cfg) if fam.plan_shape else (cfg.model, None)
+    if note:
+        notes.append(note)
     # recommend() plans dozens of setups of one model: build it once per shape (and micro-batch, for tracing).
-    key = repr((m, vocab, None if m.name == "gpt" else micro_batch))
+    key = repr((m, None if fam.transformer else micro_batch))
     if key not in _CACHE:
-        _CACHE[key] = _facts(cfg, micro_batch, vocab)
+        _CACHE[key] = _facts(fam, m, micro_batch)
     return dataclasses.replace(_CACHE[key])
 
 
-def _facts(cfg: Config, micro_batch: int, vocab: int | None) -> ModelFacts:
-    m = cfg.model
-    if m.name == "gpt":
-        vocab = vocab or m.vocab_size
-        shape = type(m)(**{**m.__dict__, "vocab_size": vocab})
-        with torch.device("meta"):
-            model = build_model(shape)
-        non_emb = model.num_params(non_embedding=True)
-        return ModelFacts("gpt", model.num_params(), non_emb, _largest_layer(model), "tokens", m.block_size,
-                          float(gpt_flops_per_token(non_emb, m.n_layer, m.n_embd, m.block_size)),
-                          m.n_layer, m.n_embd, m.n_head, vocab, m.dropout)
+def _facts(fam: ModelFamily, m: Any, micro_batch: int) -> ModelFacts:
     with torch.device("meta"):
-        model = build_model(m)
-    x, y, loss_fn = _batch(m, micro_batch, "meta")
-    saved32, flops = trace_training_step(model.train(), x, y, loss_fn)
+        model = fam.build(m)
     n = sum(p.numel() for p in model.parameters())
+    if fam.transformer is not None:
+        shape = fam.transformer(m)
+        # 6N counts the weights every token multiplies (nanoGPT's non-embedding count).
+        non_emb = model.num_params(non_embedding=True) if hasattr(model, "num_params") else n
+        flops = gpt_flops_per_token(non_emb, shape.n_layer, shape.n_embd, shape.seq_len)
+        return ModelFacts(fam.name, n, non_emb, _largest_layer(model), fam.unit, shape.seq_len, float(flops),
+                          shape=shape)
+    x, y = _on(fam.example(m, micro_batch, None), "meta")
+    saved32, flops = trace_training_step(model.train(), x, y, fam.loss)
     if n <= REAL_TRACE_LIMIT:
-        traced = _trace_precisions(m, micro_batch)
+        traced = _trace_precisions(fam, m, micro_batch)
     else:
         # Too big to build for real: fp32 from the meta trace, 16-bit halved, autocast in between.
         traced = {"32": saved32, "16": saved32 // 2, "mixed": saved32 * 3 // 4}
-    return ModelFacts(m.name, n, n, _largest_layer(model), "samples", 1, flops / micro_batch,
+    return ModelFacts(fam.name, n, n, _largest_layer(model), "samples", 1, flops / micro_batch,
                       traced_activation_bytes=traced)
 
 
-def _batch(m: Any, n: int, device: str) -> tuple[torch.Tensor, torch.Tensor, Callable]:
-    with torch.device(device):
-        if m.name == "mlp":
-            return torch.randn(n, m.in_features), torch.randn(n, m.out_features), F.mse_loss
-        return torch.randn(n, 1, m.image_size, m.image_size), torch.randint(0, m.num_classes, (n,)), F.cross_entropy
+def _on(batch: tuple[torch.Tensor, torch.Tensor], device: str) -> tuple[torch.Tensor, torch.Tensor]:
+    return batch[0].to(device), batch[1].to(device)
 
 
-def _trace_precisions(m: Any, micro_batch: int) -> dict[str, int]:
+def _trace_precisions(fam: ModelFamily, m: Any, micro_batch: int) -> dict[str, int]:
     """Saved bytes per micro-batch in fp32, in 16 bits, and under autocast, traced for real on the CPU.
 
     Meta tensors cannot be autocast, and which tensors autocast keeps in fp32 (norms, losses)
@@ -155,8 +135,9 @@ def _trace_precisions(m: Any, micro_batch: int) -> dict[str, int]:
     (activations grow linearly with the batch).
     """
     b = min(micro_batch, 8)
-    model = build_model(m).train()
-    x, y, loss_fn = _batch(m, b, "cpu")
+    model = fam.build(m).train()
+    x, y = fam.example(m, b, torch.Generator().manual_seed(0))
+    loss_fn = fam.loss
 
     def autocast_loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", torch.bfloat16):

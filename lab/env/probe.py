@@ -1,6 +1,6 @@
 """Facts about this machine, gathered for ``lab doctor`` (``lab.env.report``): no judgement here.
 
-    from lab import env_probe as probe
+    from lab.env import probe
     probe.cpu_info()          # {"model": "Intel(R) Xeon(R) ...", "logical_cores": 2, "extensions": ["AVX2", ...], ...}
     probe.host_memory()       # (total_bytes, available_bytes), None where the OS does not say
     probe.gpu_info()          # ([{"name": "NVIDIA H100 80GB HBM3", "memory_total": ..., "bf16": True, ...}], note)
@@ -302,7 +302,7 @@ def _pyproject_requirements() -> tuple[list[str], str]:
         import tomllib
     except ImportError:  # Python 3.10
         return [], ">=3.10"
-    path = Path(__file__).resolve().parents[1] / "pyproject.toml"
+    path = Path(__file__).resolve().parents[2] / "pyproject.toml"  # lab/env/probe.py -> the checkout
     try:
         project = tomllib.loads(path.read_text())["project"]
     except (OSError, KeyError, ValueError):

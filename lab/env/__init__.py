@@ -4,15 +4,22 @@
     r = env.report()                  # EnvReport: sections + checks (what `lab doctor` prints)
     r.exit_code, r.checks[0]          # 0 when nothing fails; Check(name, status, detail, fix)
     print(r.to_text()); r.to_json()   # the readable table; the stable machine-readable document
-    env.report(bench=True).bench      # + matmul / memory / all-reduce measurements (lab.bench)
+    env.report(bench=True).bench      # + matmul / memory / all-reduce measurements (lab.env.bench)
     env.check_torch_version("2.5.1")  # every check is a pure function of its inputs
     env.fingerprint()                 # {"python": "3.11.7", "torch": "2.13.0+cpu", ..., "device": "cpu"}
     env.peak_flops(torch.device("cpu"))   # measured once (matmul probe), then read from the cache
 
 The measured peak is what the throughput callback divides by to report model-FLOPs
-utilisation (MFU) on CPUs; GPUs use their published dense peak. The facts come from
-``lab.env_probe`` (which reads /proc, nvidia-smi, torch); the checks here only judge them,
-so tests feed them made-up inputs. The notebooks and the dashboard show the same report.
+utilisation (MFU) on CPUs; GPUs use their published dense peak. The package, imports flowing
+one way (each module below imports only those listed after it):
+
+- ``lab.env`` (this module): the checks, which only judge facts, so tests feed them made-up
+  inputs, and ``report``; the notebooks and the dashboard show the same report;
+- ``lab.env.text``: the report as text (``EnvReport.to_text``);
+- ``lab.env.bench``: ``lab doctor --bench``'s measurements;
+- ``lab.env.peak``: the accelerator table (published peaks and memory, which ``lab.plan``
+  plans with), the matmul probe and the cached CPU peak;
+- ``lab.env.probe``: the facts, read from /proc, nvidia-smi and torch.
 """
 
 from __future__ import annotations
@@ -22,18 +29,17 @@ import datetime as dt
 import json
 import os
 import platform
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 
-from lab import env_probe as probe
-from lab.fileio import default_cache_dir, write_json
-
-# Published dense peaks (FLOP/s) for bf16/fp16 tensor-core math, from the vendors' data sheets.
-GPU_PEAK_BF16 = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "V100": 125e12}
+from lab.env import bench as bench_mod
+from lab.env import probe
+from lab.env.peak import matmul_flops, peak_flops  # noqa: F401 - the public names: env.peak_flops(...)
+from lab.env.text import report_text
+from lab.units import GiB, human_bytes
 
 
 def fingerprint() -> dict[str, str]:
@@ -51,66 +57,13 @@ def fingerprint() -> dict[str, str]:
     }
 
 
-def matmul_flops(n: int = 1024, dtype: torch.dtype = torch.float32, device: str = "cpu", seconds: float = 0.5) -> float:
-    """Achieved FLOP/s of an n x n matmul, best of repeated timings over about ``seconds``."""
-    # Own generator: measuring must not move the global RNG, or a run that measures the peak
-    # (cold cache) would draw different dropout masks from one that reads it from the cache.
-    gen = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
-    b = torch.randn(n, n, dtype=dtype, device=device, generator=gen)
-    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
-    for _ in range(2):  # warm-up: thread pools, caches
-        a @ b
-    sync()
-    best, deadline = float("inf"), time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        t0 = time.perf_counter()
-        a @ b
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * n**3 / best
-
-
-def peak_flops(device: torch.device | str = "cpu", refresh: bool = False) -> float:
-    """Peak FLOP/s for MFU: a GPU's published bf16 peak, or the CPU's measured fp32 matmul peak.
-
-    The CPU figure is measured once per CPU model, instruction set and thread count and cached
-    in ``cache_dir()``: a home folder shared by different machines (a cluster's, a container
-    image's) must not hand one CPU's peak to another.
-    """
-    device = torch.device(device)
-    if device.type == "cuda":
-        name = torch.cuda.get_device_name(device)
-        for key, peak in GPU_PEAK_BF16.items():
-            if key in name:
-                return peak
-        return matmul_flops(4096, torch.bfloat16, str(device))
-    threads = torch.get_num_threads()
-    path = default_cache_dir() / "peak_flops.json"
-    try:
-        cached = json.loads(path.read_text())
-    except (OSError, ValueError):
-        cached = {}
-    cpu = probe.cpu_info()
-    key = f"cpu-{threads} {cpu['model']} {cpu['torch_cpu_capability']}"
-    if refresh or key not in cached:
-        # Keep the best probe: a busy machine only ever measures low, and an understated
-        # peak would overstate MFU.
-        cached[key] = max(matmul_flops(1024), float(cached.get(key, 0.0)))
-        try:
-            write_json(path, cached)
-        except OSError:
-            pass  # a read-only home still gets a measured (uncached) peak
-    return float(cached[key])
-
-
 # ---------------------------------------------------------------------------------------------
-# The doctor: facts (lab.env_probe) -> checks (pure functions below) -> EnvReport.
+# The doctor: facts (lab.env.probe) -> checks (pure functions below) -> EnvReport.
 
 PASS, WARN, FAIL = "pass", "warn", "fail"
 SCHEMA = "lab.env/1"
 """Version of the ``to_json`` document; bumped only when a key changes meaning or goes away."""
-MIN_FREE_DISK = 2 * 2**30
+MIN_FREE_DISK = 2 * GiB
 """Below this much free space where runs are written, checkpoints start failing."""
 DIST = "large-model-lab"
 OPTIONAL = {
@@ -171,7 +124,7 @@ class EnvReport:
     checks: list[Check]
     """Every verdict, in report order."""
     bench: dict[str, Any] | None = None
-    """``--bench`` measurements (``lab.bench.run``), else None."""
+    """``--bench`` measurements (``lab.env.bench.run``), else None."""
 
     @property
     def counts(self) -> dict[str, int]:
@@ -189,8 +142,6 @@ class EnvReport:
         return json.dumps(self.to_dict(), indent=2, default=str)
 
     def to_text(self) -> str:
-        from lab.env_text import report_text
-
         return report_text(self)
 
 
@@ -311,10 +262,11 @@ def check_memory(total: int | None, available: int | None) -> Check:
     if total is None:
         return Check("RAM", WARN, "could not read the machine's memory",
                      "check it yourself (free -g, or the OS's memory monitor): gpt-nano needs under 1 GiB")
-    if total < 4 * 2**30 or (available is not None and available < 2**30):
-        return Check("RAM", WARN, f"{total / 2**30:.1f} GiB total, {(available or 0) / 2**30:.1f} GiB available",
+    if total < 4 * GiB or (available is not None and available < GiB):
+        return Check("RAM", WARN, f"{human_bytes(total, 1)} total, {human_bytes(available or 0, 1)} available",
                      "close other programs, or lower --data.batch_size")
-    return Check("RAM", PASS, f"{total / 2**30:.1f} GiB total" + (f", {available / 2**30:.1f} GiB available" if available else ""))
+    return Check("RAM", PASS, f"{human_bytes(total, 1)} total"
+                 + (f", {human_bytes(available, 1)} available" if available else ""))
 
 
 def check_disk(free: int, writable: bool, path: str) -> list[Check]:
@@ -322,10 +274,10 @@ def check_disk(free: int, writable: bool, path: str) -> list[Check]:
     out = [Check("runs folder writable", PASS, f"{path} is writable")] if writable else [
         Check("runs folder writable", FAIL, f"cannot write under {path}", "pass --runs_dir DIR (or set LAB_RUNS_DIR) to a writable folder")]
     if free < MIN_FREE_DISK:
-        out.append(Check("disk space", FAIL, f"{free / 2**30:.2f} GiB free under {path} (< 2 GiB)",
-                         "free some space, or pass --runs_dir on a larger disk"))
+        low = f"{human_bytes(free)} free under {path} (< {human_bytes(MIN_FREE_DISK, 0)})"
+        out.append(Check("disk space", FAIL, low, "free some space, or pass --runs_dir on a larger disk"))
     else:
-        out.append(Check("disk space", PASS, f"{free / 2**30:.1f} GiB free under {path}"))
+        out.append(Check("disk space", PASS, f"{human_bytes(free, 1)} free under {path}"))
     return out
 
 
@@ -388,7 +340,7 @@ def report(runs_dir: str | Path | None = None, bench: bool = False) -> EnvReport
     """Probe this machine, judge it, and return the report ``lab doctor`` prints.
 
     ``runs_dir`` is where runs will be written (default: ``$LAB_RUNS_DIR`` or ``./runs``);
-    ``bench`` adds ``lab.bench.run()``'s measurements (a few seconds) and refreshes the cached
+    ``bench`` adds ``lab.env.bench.run()``'s measurements (a few seconds) and refreshes the cached
     CPU peak that the training throughput callback uses for MFU.
     """
     system, tinfo, cpu = probe.system_info(), probe.torch_info(), probe.cpu_info()
@@ -421,7 +373,5 @@ def report(runs_dir: str | Path | None = None, bench: bool = False) -> EnvReport
         gpu_note=gpu_note, distributed=dist_env, jupyter=jupyter,
         install=install_command(system["os"], driver, tinfo["hip"]), checks=checks)
     if bench:
-        from lab import bench as bench_mod
-
         result.bench = bench_mod.run()
     return result

@@ -1,7 +1,7 @@
 """Measure what training really allocates, to hold ``lab plan``'s estimates to account.
 
     from lab.config import load_config
-    from lab.plan_measure import measure
+    from lab.plan.measure import measure
     m = measure(load_config("gpt-nano"), precision="bf16-mixed", micro_batch=8, steps=3)
     m.model_states      # bytes of parameters + gradients + optimizer states, as allocated
     m.peak              # peak bytes allocated during training (GPU: max_memory_allocated)
@@ -28,7 +28,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from lab.config import Config
-from lab.plan_model import CHAR_VOCAB_BOUND
+from lab.families import build_module, family_of
 
 
 @dataclass
@@ -77,16 +77,7 @@ class _StateBytes(L.Callback):
 
 
 def _data(cfg: Config, micro_batch: int, batches: int) -> DataLoader:
-    m, n = cfg.model, micro_batch * batches
-    gen = torch.Generator().manual_seed(0)
-    if m.name == "gpt":
-        x = torch.randint(0, m.vocab_size, (n, m.block_size), generator=gen)
-        y = torch.randint(0, m.vocab_size, (n, m.block_size), generator=gen)
-    elif m.name == "mlp":
-        x, y = torch.randn(n, m.in_features, generator=gen), torch.randn(n, m.out_features, generator=gen)
-    else:
-        x = torch.randn(n, 1, m.image_size, m.image_size, generator=gen)
-        y = torch.randint(0, m.num_classes, (n,), generator=gen)
+    x, y = family_of(cfg).example(cfg.model, micro_batch * batches, torch.Generator().manual_seed(0))
     return DataLoader(TensorDataset(x, y), batch_size=micro_batch, shuffle=False)
 
 
@@ -116,11 +107,10 @@ def _cpu_peak(prof: Any) -> int:
 def measure(cfg: Config, precision: str = "32-true", micro_batch: int | None = None, steps: int = 3,
             peak: bool = True, accelerator: str | None = None) -> Measured:
     """Train ``steps`` steps of ``cfg``'s model at ``precision`` and measure model states and the peak."""
-    from lab.train import build_module
-
     cfg = copy.deepcopy(cfg)
-    if cfg.model.name == "gpt" and cfg.model.vocab_size is None:
-        cfg.model.vocab_size = cfg.data.vocab_size if cfg.data.tokenizer == "bpe" else CHAR_VOCAB_BOUND
+    fam = family_of(cfg)
+    if fam.plan_shape is not None:
+        cfg.model = fam.plan_shape(cfg)[0]  # what the planner assumed (e.g. the vocabulary)
     mb = micro_batch or cfg.data.batch_size
     device = accelerator or ("cuda" if torch.cuda.is_available() else "cpu")
     counter = _StateBytes()

@@ -1,0 +1,41 @@
+"""The MLP family: the seed's regression network on tabular features, MSE loss.
+
+    from lab.families.mlp import FAMILY
+    FAMILY.check(cfg)                        # model.in_features must equal data.n_features
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lab.errors import ConfigError
+from lab.families import ModelFamily
+from lab.models.mlp import MLP, MLPConfig
+from lab.modules import Regressor
+
+
+def module(cfg: Any, model: Any, dm: Any) -> Regressor:
+    return Regressor(model, cfg.optimizer, cfg.trainer.max_steps)
+
+
+def example(c: MLPConfig, n: int, gen: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.randn(n, c.in_features, generator=gen), torch.randn(n, c.out_features, generator=gen)
+
+
+def check(cfg: Any) -> None:
+    if cfg.model.in_features != cfg.data.n_features:
+        raise ConfigError("model.in_features", cfg.model.in_features,
+                          f"data.n_features={cfg.data.n_features} (the model's input width must match the data)")
+
+
+def narrow(c: MLPConfig, scale: float) -> dict[str, Any]:
+    return {"hidden": [max(1, round(h * scale)) for h in c.hidden]}
+
+
+FAMILY = ModelFamily(
+    name="mlp", config=MLPConfig, model=MLP, data=("regression",), task="regressor", module=module, example=example,
+    loss=Regressor.loss, check=check, narrow=narrow, int8_static=True,
+    describe="An MLP regressor: features [batch, in_features] -> outputs [batch, out_features]",
+)

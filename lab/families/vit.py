@@ -1,0 +1,20 @@
+"""The ViT family: a vision transformer over image patches, with a CLS token (the digits).
+
+    from lab.families.vit import FAMILY
+    FAMILY.blocks                            # (Block,): FSDP wraps them, checkpointing recomputes them
+"""
+
+from __future__ import annotations
+
+from lab.families import ModelFamily
+from lab.families.cnn import images, module
+from lab.families.gpt import narrow
+from lab.models.gpt import Block
+from lab.models.vision import ViT, ViTConfig
+from lab.modules import Classifier
+
+FAMILY = ModelFamily(
+    name="vit", config=ViTConfig, model=ViT, data=("digits",), task="classifier", module=module, example=images,
+    loss=Classifier.loss, metric="val/accuracy", mode="max", blocks=(Block,), narrow=narrow,
+    describe="A vision transformer image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
+)
