@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -21,6 +22,8 @@ import nbformat
 import pytest
 
 from lab import runs
+from lab.config import flatten, load_config
+from lab.widgets.workshop import tiny
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
@@ -48,16 +51,29 @@ def _loss_fell(run: runs.Run) -> bool:
 
 
 def _check_00(nb, root: Path) -> None:
-    assert "counts:" in _text(nb) and "pip:" in _text(nb)
+    out = _text(nb)
+    assert "counts:" in out and "pip:" in out
+    # The report prints once, and no line of it is wider than a notebook cell (it would wrap).
+    assert out.count("Large Model Lab doctor") == 1 and out.count("  status  check") == 1
+    end = re.search(r"\d+ pass, \d+ warn, \d+ fail", out)
+    report = out[out.index("Large Model Lab doctor"):end.start()]
+    assert max(len(line) for line in report.splitlines() if not line.lstrip().startswith(("pip:", "conda:"))) <= 100
 
 
 def _check_01(nb, root: Path) -> None:
+    from lab.data.splits import split_sizes
+
     assert "unigram loss" in _text(nb) and "bpe vocabulary: 512" in _text(nb)
+    sizes = split_sizes(10_000, 0.05, 0.0)  # exercise 2: test_fraction=0, val_fraction left at its default
+    hints = nb.cells[-1].source
+    assert f"{sizes['train'] // 100}/{sizes['val'] // 100}" in hints and "0.9/0.1" not in hints
 
 
 def _check_02(nb, root: Path) -> None:
     out = _text(nb)
     assert "earlier positions unchanged: True" in out and "124,439,808" in out
+    # The recommendation says how long its setup trains, beside the 8-GPU setup asked for.
+    assert re.search(r"recommendation \(fits\): single on 1 device.* tokens in [\d.]+ \w+ \(the ddp setup on 8", out)
 
 
 def _check_03(nb, root: Path) -> None:
@@ -68,7 +84,16 @@ def _check_03(nb, root: Path) -> None:
     assert all(_loss_fell(r) and r.checkpoint("best").exists() for r in completed)
     stopped = next(r for r in found if r.status == "interrupted")
     assert stopped.checkpoint("last").exists()
-    assert config_lrs(completed)[0] != config_lrs(completed)[1]
+    # The Stop demo is a run of normal length, so resuming it (exercise 4) finishes in minutes, and the
+    # advice printed under it offers --resume because it has a checkpoint.
+    assert stopped.config["trainer"]["max_steps"] <= 1500 and f"lab fit --resume {stopped.name}" in _text(nb)
+    # The comparison is like for like: the two completed runs differ in the learning rate only,
+    # and the first keeps the preset's heads (cell 4 restores them after the refused n_head=3).
+    first, second = sorted(completed, key=lambda r: r.name)
+    a, b = flatten(first.config), flatten(second.config)
+    assert sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) == ["optimizer.lr"]
+    assert "the configs differ in: ['optimizer.lr']" in _text(nb)
+    assert first.config["model"]["n_head"] == load_config("gpt-nano", tiny("gpt-nano", small=True)).model.n_head
 
 
 def config_lrs(found: list[runs.Run]) -> list[float]:
@@ -79,7 +104,12 @@ def _check_04(nb, root: Path) -> None:
     found = _runs(root, "optimization")
     assert len(found) >= 10 and all(r.status == "completed" for r in found)
     assert sum(_loss_fell(r) for r in found) >= len(found) - 2  # a deliberately too-high lr may not fall
-    assert "suggested learning rate" in _text(nb)
+    out = _text(nb)
+    assert "suggested learning rate" in out
+    # The finder says how it picked its rate, and that rate is the one the comparison trains.
+    assert "how: lowest smoothed loss" in out and "lags" in out
+    suggested = float(out.split("suggested learning rate: ")[1].split()[0])
+    assert any(r.config["optimizer"]["lr"] == pytest.approx(suggested, rel=0.05) for r in found)
     assert not list(NOTEBOOKS_DIR.glob(".lr_find*")), "the LR finder's temporary checkpoint must not land in notebooks/"
 
 
@@ -88,12 +118,17 @@ def _check_05(nb, root: Path) -> None:
     assert run.status == "completed" and run.config["trainer"]["strategy"] == "ddp_notebook"
     assert _loss_fell(run) and run.checkpoint("last").exists()
     assert "torchrun --nnodes=2" in _text(nb) and "#SBATCH --nodes=2" in _text(nb)
+    assert "no auto_wrap_policy" in _text(nb) and "step time" in _text(nb)  # FSDP's figure explained; a time
 
 
 def _check_06(nb, root: Path) -> None:
     (gpt,) = _runs(root, "gpt-nano")
     report = json.loads(gpt.eval_report("best").read_text())
     assert report["quality"]["perplexity"] > 1 and _loss_fell(gpt)
+    # Three temperatures, each sample continuing the default prompt (a paragraph's "The ").
+    out = _text(nb)
+    samples = [out.split(f"--- temperature {t}\n")[1] for t in (0.5, 1.0, 1.5)]
+    assert all(sample.startswith("The ") for sample in samples), [sample[:40] for sample in samples]
     (cnn,) = _runs(root, "digits-cnn")
     assert cnn.eval_report("best").exists() and (cnn.reports_dir / "confusion-best.png").exists()
 
@@ -104,6 +139,11 @@ def _check_07(nb, root: Path) -> None:
     assert (run.compressed_root / "pareto.png").exists()
     assert {"original", "int8-dynamic"} <= {row["method"] for row in comparison["rows"]}
     assert (run.compressed_dir("int8-dynamic") / "report.json").exists()
+    b = comparison["latency_batch"]
+    out = _text(nb)
+    assert f"latency {b} ms" in out and "size MiB" in out and " MB " not in out
+    for row in comparison["rows"][1:]:  # the plotted and printed latency agrees with the speed-up
+        assert abs(row[f"latency_{b}_ms"] * row[f"speedup_{b}"] / comparison["rows"][0][f"latency_{b}_ms"] - 1) < 1e-9
 
 
 def _check_08(nb, root: Path) -> None:
@@ -111,6 +151,8 @@ def _check_08(nb, root: Path) -> None:
         (run,) = _runs(root, experiment)
         assert run.status == "completed" and run.eval_report("best").exists(), experiment
     assert _loss_fell(_runs(root, "seed-mlp")[0])
+    # The MLP's panel hides the GPT fields, shows its hidden layers and counts its 10 -> 20 -> 1 weights.
+    assert "n_head shown for the MLP: False | hidden layers: 20 | 241 parameters" in _text(nb)
 
 
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, Path], None]] = {

@@ -4,15 +4,22 @@
     fit(cfg, callbacks=[feed])
     feed.history                                               # every point, for plotting after the run
     png = chart_png(feed.history)                              # the live chart, as PNG bytes
+    feed.read_events(run.path)                                 # or: the points from the run's event files
 
 The callback runs in the training thread; it only appends to a list and calls the listener,
 so a slow chart never slows training much: the panel redraws at most every ``min_interval``.
+Under ``ddp_notebook`` training happens in forked worker processes: their copies of the
+callback reach no listener in the kernel (and must not touch its widgets), so the panel
+follows the run's own event files instead (``read_events``, through ``lab.runs.scalars``).
 """
 
 from __future__ import annotations
 
 import io
+import os
+import threading
 import time
+from pathlib import Path
 from typing import Any, Callable
 
 import lightning as L
@@ -31,18 +38,56 @@ def _scalar(value: Any) -> float | None:
     return None
 
 
+def points_from_scalars(curves: dict[str, list[tuple[int, float, float]]]) -> tuple[list[Point], str]:
+    """(points, unit) from a run's curves (``lab.runs.scalars``): the same points the callback makes."""
+    unit = "tokens" if "perf/tokens_per_sec" in curves else "samples"
+    keys = {"train/loss": "loss", "val/loss": "val_loss", f"perf/{unit}_per_sec": "throughput"}
+    points = [{"step": float(step), key: float(value)} for tag, key in keys.items() for step, _, value in curves.get(tag, [])]
+    return sorted(points, key=lambda p: p["step"]), unit
+
+
 class LiveFeed(L.Callback):
-    """Collects ``{"step", "loss", "throughput", "val_loss"}`` points as training goes."""
+    """Collects ``{"step", "loss", "throughput", "val_loss"}`` points as training goes.
+
+    Points come from the callback when training runs in this process (``in_process``), else
+    from the run's event files (``read_events``); the first callback point drops any read ones.
+    """
 
     def __init__(self, listener: Callable[[Point], None] | None = None) -> None:
-        self.listener = listener
+        self.listeners: list[Callable[[Point], None]] = [listener] if listener is not None else []
         self.history: list[Point] = []
         self.unit = "samples"
+        self.in_process = False
+        """Whether the callback has seen training steps in this process (not in forked workers)."""
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def add_listener(self, listener: Callable[[Point], None]) -> None:
+        """Another panel showing the same run (a re-run cell) listens too."""
+        self.listeners.append(listener)
 
     def _emit(self, point: Point) -> None:
-        self.history.append(point)
-        if self.listener is not None:
-            self.listener(point)
+        if os.getpid() != self._pid:
+            return  # a forked ddp_notebook worker: its listeners' widgets live in the kernel, not here
+        with self._lock:
+            if not self.in_process:
+                self.history, self.in_process = [], True  # points read from events are superseded
+            self.history.append(point)
+        for listener in list(self.listeners):
+            listener(point)
+
+    def read_events(self, run_dir: str | Path) -> bool:
+        """Replace the points with the run's event files' (training elsewhere); True when they changed."""
+        if self.in_process:
+            return False
+        from lab import runs
+
+        points, unit = points_from_scalars(runs.scalars(Path(run_dir)))
+        with self._lock:
+            if self.in_process or (points == self.history and unit == self.unit):
+                return False
+            self.history, self.unit = points, unit
+        return True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = _scalar(outputs.get("loss") if isinstance(outputs, dict) else outputs)
@@ -76,6 +121,7 @@ def chart_png(history: list[Point], unit: str = "samples", title: str = "") -> b
 
     fig = Figure(figsize=(9, 3.2), dpi=80)
     ax_loss, ax_tp = fig.subplots(1, 2)
+    history = list(history)  # a copy: the training thread may append while this draws
     steps, loss = series(history, "loss")
     ax_loss.plot(steps, loss, label="train", linewidth=1)
     vsteps, vloss = series(history, "val_loss")
