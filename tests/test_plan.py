@@ -284,3 +284,20 @@ def test_cli_plan_unparsable_file_and_non_integer_exit_2(tmp_path: Path, capsys:
     with pytest.raises(SystemExit) as e:
         main(["plan", "--devices", "eight"])
     assert e.value.code == 2
+
+
+def test_fsdp_plans_the_units_the_lab_wraps_not_the_whole_model() -> None:
+    from lab.config import load_config
+    from lab.models import GPT
+
+    cfg = load_config("gpt2-124m")
+    facts = plan(cfg, precision="bf16-mixed", devices=8, strategy="fsdp", device="A100",
+                 with_recommendation=False).model
+    model = GPT(cfg.model)
+    block = sum(p.numel() for p in model.transformer.h[0].parameters())
+    outside = facts.params - cfg.model.n_layer * block
+    assert facts.fsdp_unit_params == outside + 2 * block  # root unit + the running and the prefetched block
+    full, grad_op = (plan(cfg, precision="bf16-mixed", devices=8, strategy=s, device="A100",
+                          with_recommendation=False).memory for s in ("fsdp", "fsdp_grad_op"))
+    # SHARD_GRAD_OP keeps every unit gathered: 2 + 2 bytes more per parameter outside the units.
+    assert grad_op.weights - full.weights == 2 * (facts.params - facts.fsdp_unit_params)

@@ -13,8 +13,9 @@ How each strategy lays out the model states (sources in ``lab.plan.formulas``):
   2 + 2 + 12). DDP adds its gradient buckets (as large as the gradients, because Lightning
   leaves ``gradient_as_bucket_view`` off); autocast adds a 16-bit copy of each weight.
 - fsdp / fsdp_grad_op: the ZeRO-3 / ZeRO-2 partitioning of the same fp32 states, plus the
-  gathered 16-bit parameters and gradients of one FSDP unit. The lab's ``fsdp`` strategy sets
-  no ``auto_wrap_policy``, so the unit is the whole model.
+  gathered 16-bit parameters and gradients of the FSDP units held at once. The lab's ``fsdp``
+  wraps each block of the model's family (``auto_wrap_policy``), so FULL_SHARD holds the root
+  unit and two blocks (``ModelFacts.fsdp_unit_params``); SHARD_GRAD_OP holds the whole model.
 - deepspeed_stage_2/3 (and ``_offload``): DeepSpeed's estimators exactly (16-bit weights and
   gradients, fp32 master weights + moments + gradients partitioned); the model runs in 16 bits,
   so its activations are those of ``bf16-true``.
@@ -119,10 +120,14 @@ def estimate_memory(facts: ModelFacts, prec: Precision, optimizer: str, momentum
         o = optimizer_bytes_per_param(optimizer, prec, momentum)
         if strategy.startswith("fsdp"):
             compute = 2 if prec.half else prec.weight
-            unit = P  # no auto_wrap_policy: one FSDP unit, the whole model, gathered in forward and backward
+            # FULL_SHARD gathers one wrapped unit at a time (lab.strategies wraps each family block);
+            # SHARD_GRAD_OP keeps every gathered unit until backward: the whole model.
+            unit = facts.fsdp_unit_params or P if strategy == "fsdp" else P
             weights, grads, opt = w * P // n + compute * unit, g * P // n + compute * unit, o * P // n
             other = 0  # FSDP's mixed precision casts the parameters itself: no autocast copies
-            notes.append("the lab's fsdp sets no auto_wrap_policy: the whole model is one unit, gathered in full")
+            if unit == P:
+                notes.append(f"fsdp gathers all {P:,} parameters at once here (no blocks to wrap one by one, "
+                             "or SHARD_GRAD_OP)")
         else:
             weights, grads, opt = w * P, g * P, o * P
             # Autocast's 16-bit weight copies (a traced model's trace already holds them).

@@ -51,6 +51,11 @@ class ModelFacts:
     """Training FLOPs (forward + backward) per token or per sample."""
     shape: TransformerShape | None = None
     """The transformer shape the family gives the planner (analytic activation memory), or None."""
+    fsdp_unit_params: int = 0
+    """Parameters FSDP (FULL_SHARD) holds gathered at once under the lab's wrap policy, one unit per
+    family block: the root unit (everything outside the blocks, kept gathered through forward and
+    backward) plus two blocks (the one running and the one prefetched); the whole model when the
+    family has no blocks. 0 = unknown: planned as the whole model."""
     traced_activation_bytes: dict[str, int] = dataclasses.field(default_factory=dict)
     """Families without a transformer shape: bytes saved for backward per micro-batch, by precision
     kind ("32", "16", "mixed"; "mixed" includes autocast's weight copies), traced on the CPU (or the
@@ -101,7 +106,22 @@ def model_facts(cfg: Config, micro_batch: int, notes: list[str] | None = None) -
     return dataclasses.replace(_CACHE[key])
 
 
+def _fsdp_unit(model: nn.Module, blocks: tuple[type[nn.Module], ...]) -> int:
+    total = sum(p.numel() for p in model.parameters())
+    sizes = [sum(p.numel() for p in m.parameters()) for m in model.modules() if blocks and isinstance(m, blocks)]
+    if not sizes:
+        return total  # nothing wrapped: one unit, the whole model
+    return total - sum(sizes) + 2 * max(sizes)
+
+
 def _facts(fam: ModelFamily, m: Any, micro_batch: int) -> ModelFacts:
+    facts = _counted(fam, m, micro_batch)
+    with torch.device("meta"):
+        facts.fsdp_unit_params = _fsdp_unit(fam.build(m), fam.blocks)
+    return facts
+
+
+def _counted(fam: ModelFamily, m: Any, micro_batch: int) -> ModelFacts:
     with torch.device("meta"):
         model = fam.build(m)
     n = sum(p.numel() for p in model.parameters())
