@@ -28,7 +28,7 @@ import threading
 from pathlib import Path
 from typing import Any, BinaryIO, Callable, Iterator
 
-from lab.errors import StorageError
+from lab.errors import LabError, StorageError
 
 CACHE_ENV = "LAB_CACHE_DIR"
 
@@ -138,7 +138,9 @@ def check_writable(folder: str | Path, *, if_full: str | None = None, if_read_on
     except OSError as e:
         cause = storage_cause(e)
         if cause is None:
-            raise
+            # Not a folder that takes files at all (/proc, a virtual file system): the same one line.
+            raise LabError(f"cannot create files under {existing_folder(folder)} ({e.strerror or e}): "
+                           "choose another folder (--runs_dir or $LAB_RUNS_DIR)") from None
         # Named by the folder asked about: the probe file's name would only confuse.
         raise storage_error(cause, folder, what="write to", if_full=if_full, if_read_only=if_read_only) from None
     os.close(fd)

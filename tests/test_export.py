@@ -53,6 +53,7 @@ def test_safetensors_round_trip_gives_identical_logits(gpt_run: runs.Run) -> Non
 
 def test_safetensors_loads_with_no_pickle(gpt_run: runs.Run, monkeypatch: pytest.MonkeyPatch) -> None:
     folder = export(gpt_run, "safetensors")
+    original = load_checked(gpt_run, "best").model.eval()  # (the checkpoint itself is torch.load'ed)
 
     def no_pickle(*a, **k):
         raise AssertionError("pickle used")
@@ -61,7 +62,6 @@ def test_safetensors_loads_with_no_pickle(gpt_run: runs.Run, monkeypatch: pytest
     monkeypatch.setattr("pickle.loads", no_pickle)
     monkeypatch.setattr("pickle.load", no_pickle)
     loaded = load_safetensors(folder)
-    original = load_checked(gpt_run, "best").model.eval()
     mine, theirs = original.state_dict(), loaded.state_dict()
     assert mine.keys() == theirs.keys() and all(torch.equal(mine[k], theirs[k]) for k in mine)
     x = torch.randint(0, original.config.vocab_size, (2, 16))

@@ -67,8 +67,8 @@ MIN_FREE_DISK = 2 * GiB
 """Below this much free space where runs are written, checkpoints start failing."""
 DIST = "large-model-lab"
 OPTIONAL = {
-    "onnxruntime": "lab compress --method onnx/onnx-int8 (optional)",
-    "onnx": "lab export --format onnx (optional)",
+    "onnxruntime": "lab compress --method onnx/onnx-int8",
+    "onnx": "lab export --format onnx",
     "deepspeed": "deepspeed_* strategies on GPUs (optional)",
     "ipykernel": "the notebooks' Jupyter kernel (dev extra)",
     "pytest": "the tests (dev extra)",

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lab.families import ModelFamily
+from lab.families.record import ModelFamily
 from lab.models.vision import CNN, CNNConfig
 from lab.modules import Classifier
 

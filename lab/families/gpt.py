@@ -17,7 +17,7 @@ import torch
 
 from lab.data import DATAMODULES
 from lab.errors import LabError
-from lab.families import ModelFamily, TransformerShape, replace_config
+from lab.families.record import ModelFamily, TransformerShape, replace_config
 from lab.models.gpt import GPT, Block, GPTConfig
 from lab.modules import LanguageModel
 

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from lab.errors import ConfigError
-from lab.families import ModelFamily
+from lab.families.record import ModelFamily
 from lab.models.mlp import MLP, MLPConfig
 from lab.modules import Regressor
 

@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from lab.families import ModelFamily
+from lab.families.record import ModelFamily
 from lab.families.cnn import images, module
 from lab.families.gpt import narrow
 from lab.models.gpt import Block

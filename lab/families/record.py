@@ -1,0 +1,112 @@
+"""The model-family record: what the lab needs to know about one kind of model.
+
+    from lab.families.record import ModelFamily, TransformerShape
+    FAMILY = ModelFamily(name="gpt", config=GPTConfig, model=GPT, data=("text",), task="lm", ...)
+
+Each family module (``lab/families/<name>.py``) builds its ``FAMILY`` from this; the registry
+in ``lab.families`` collects them. This module imports none of them, so imports flow one way:
+record <- family modules <- registry.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable
+
+import torch
+from torch import nn
+
+if TYPE_CHECKING:  # only for hints: lab.config imports the registry
+    from lab.config import Config
+    from lab.modules import LabModule
+
+TASKS = ("lm", "classifier", "regressor")
+"""Task kinds: what the model predicts. Each picks an evaluation routine in ``lab.evaluate``."""
+
+
+@dataclass(frozen=True)
+class TransformerShape:
+    """What the planner's transformer formulas need (Korthikanti et al.; Kaplan et al.'s 6N)."""
+
+    n_layer: int
+    """Blocks."""
+    n_embd: int
+    """Residual width."""
+    n_head: int
+    """Attention heads per block."""
+    seq_len: int
+    """Tokens per sample."""
+    vocab: int
+    """Output classes per token (the vocabulary)."""
+    dropout: float
+    """Dropout probability (dropout masks are saved activations too)."""
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything the lab needs to know about one kind of model."""
+
+    name: str
+    """``model.name`` in configs; the registry key."""
+    config: type
+    """The ``model:`` section's dataclass; its ``validate()`` raises ConfigError for bad values."""
+    model: type[nn.Module]
+    """The pure-PyTorch model, built as ``model(config)``."""
+    data: tuple[str, ...]
+    """``data.name`` values it trains on (keys of ``lab.data.DATAMODULES``); the first is the default."""
+    task: str
+    """One of ``TASKS``: picks the evaluation routine, the export's signature and the dashboard's figures."""
+    module: Callable[["Config", nn.Module, Any], "LabModule"]
+    """The LightningModule around a built model: ``module(cfg, model, datamodule_or_None)``."""
+    example: Callable[[Any, int, torch.Generator | None], tuple[torch.Tensor, torch.Tensor]]
+    """A random ``(inputs, targets)`` batch of ``n`` samples for a model config (planner traces, measurements)."""
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    """The training loss of ``(model(inputs), targets)`` (the planner traces a training step with it)."""
+    metric: str = "val/loss"
+    """The primary metric, a logged key (best checkpoint, sweeps, comparisons)."""
+    mode: str = "min"
+    """Whether the primary metric is better ``min`` or ``max``."""
+    unit: str = "samples"
+    """What throughput and the planner count: ``samples``, or ``tokens`` for sequence models."""
+    tokenized: bool = False
+    """Reads text through the run's tokenizer: vocabulary size from it, samples decoded with it."""
+    datamodule: Callable[["Config"], Any] | None = None
+    """Builds the DataModule for a Config; None = ``DATAMODULES[data.name](cfg.data, seed=cfg.seed)``."""
+    complete: Callable[[Any, Any], Any] | None = None
+    """Fills in what the data decides (the GPT's vocabulary) -> a new model config: ``complete(model_cfg, dm)``."""
+    check: Callable[["Config"], None] | None = None
+    """Checks across sections (the model against its data); raises ConfigError."""
+    blocks: tuple[type[nn.Module], ...] = ()
+    """Module classes that FSDP wraps one by one and activation checkpointing recomputes; () = neither."""
+    transformer: Callable[[Any], TransformerShape] | None = None
+    """The planner's analytic hook: the model's transformer shape. None = the planner traces a step."""
+    plan_shape: Callable[["Config"], tuple[Any, str | None]] | None = None
+    """Completes the model config for planning without data (e.g. its vocabulary): -> (config, note or None)."""
+    narrow: Callable[[Any, float], dict[str, Any]] | None = None
+    """Distillation: model overrides for a student about ``scale`` times as wide; None = not derivable."""
+    int8_static: bool = False
+    """Whether the int8-static flow (PT2E + Inductor) was verified on this family."""
+    export_formats: tuple[str, ...] = ("safetensors", "onnx", "torchscript")
+    """Formats ``lab export`` writes for it."""
+    describe: str = ""
+    """One line for an export's README: what goes in and what comes out. (The panel shows the
+    controls whose fields the config dataclass has; the dashboard counts ``unit`` and ranks by ``metric``.)"""
+
+    def __post_init__(self) -> None:
+        if self.task not in TASKS:
+            raise ValueError(f"family {self.name}: task must be one of {TASKS}, got {self.task!r}")
+        if self.mode not in ("min", "max"):
+            raise ValueError(f"family {self.name}: mode must be min or max, got {self.mode!r}")
+
+    def build(self, config: Any) -> nn.Module:
+        """The model for a ``model:`` section of this family."""
+        return self.model(config)
+
+    def default_config(self) -> Any:
+        return self.config()
+
+
+def replace_config(config: Any, **changes: Any) -> Any:
+    """A copy of a model config with ``changes``: families never change the config they are given."""
+    return dataclasses.replace(config, **changes)
