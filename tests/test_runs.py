@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing as mp
 import os
 from pathlib import Path
 
@@ -30,20 +29,18 @@ def test_bad_status_refused(tmp_path: Path) -> None:
         runs.update_summary(run, status="done")
 
 
-def _make(root: str, q: "mp.Queue") -> None:
-    q.put(str(runs.create_run(root, "same", {}).path))
-
-
 def test_parallel_runs_get_distinct_folders(tmp_path: Path) -> None:
-    ctx = mp.get_context("spawn")
-    q = ctx.Queue()
-    procs = [ctx.Process(target=_make, args=(str(tmp_path), q)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(60)
-    paths = {q.get(timeout=5) for _ in procs}
-    assert len(paths) == 4
+    # Separate interpreters (not multiprocessing's spawn, which re-runs the parent's __main__:
+    # after the dashboard tests, a Streamlit page script) start at the same moment.
+    import subprocess
+    import sys
+
+    code = "import sys; from lab import runs; print(runs.create_run(sys.argv[1], 'same', {}).path)"
+    children = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+                for _ in range(4)]
+    paths = {child.communicate(timeout=120)[0].strip() for child in children}
+    assert [child.returncode for child in children] == [0] * 4
+    assert len(paths) == 4 and all(Path(p).parent == tmp_path / "same" for p in paths)
 
 
 def test_list_and_resolve(tmp_path: Path) -> None:
