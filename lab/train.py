@@ -301,6 +301,10 @@ def _train(s: _Session, test: bool) -> runs.Run:
     finally:
         if s.ctx.is_zero and not s.ctx.external:
             os.environ.pop(strategies.RUN_DIR_ENV, None)
+    if (s.throughput.summary().get("mfu") or 0) > 1:
+        # Faster than the cached peak, so that peak was probed while the machine was busy: probe
+        # again now that training has stopped (the cache keeps the best probe).
+        s.throughput.peak_flops = env.peak_flops(preflight.training_device(cfg), refresh=True)
     ckpt_cb = trainer.checkpoint_callback
     best = {"val/loss": float(ckpt_cb.best_model_score)} if ckpt_cb and ckpt_cb.best_model_score is not None else {}
     try:

@@ -275,3 +275,20 @@ def test_the_preset_list_above_is_every_preset() -> None:
     from lab.config import list_presets
 
     assert sorted(list_presets()) == sorted(["gpt-nano", "gpt-10m", "gpt2-124m", "digits-cnn", "digits-vit", "seed-mlp"])
+
+
+def test_an_understated_cached_peak_is_probed_again_instead_of_reporting_mfu_above_one(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab import env
+
+    calls = []
+
+    def peak(device, refresh=False):
+        calls.append(refresh)
+        return 1e15 if refresh else 1.0  # a cache probed on a busy machine, then the truth
+
+    monkeypatch.setattr(env, "peak_flops", peak)
+    run = fit(load_config("seed-mlp", {"trainer.max_steps": 20, "trainer.val_check_interval": 10}),
+              runs_root=tmp_path, progress=False, test=False)
+    assert calls == [False, True]
+    assert 0 < run.summary["throughput"]["mfu"] < 1 and run.summary["throughput"]["peak_flops"] == 1e15
