@@ -9,10 +9,12 @@ A config is YAML with ``model:``, ``data:``, ``trainer:`` and ``optimizer:`` sec
     print(to_yaml(cfg))       # the fully resolved config, as `lab fit --print_config` shows it
 
 ``model.name`` and ``data.name`` pick the section's dataclass from the registries in
-``lab.models`` and ``lab.data``; the lab never imports a class named in a config, so a
-config file cannot make it run arbitrary code. This module is the only place that
-validates values: every refusal is a ``ConfigError`` naming the field, the value and the
-allowed range, raised before any work starts.
+``lab.families`` and ``lab.data``; the lab never imports a class named in a config, so a
+config file cannot make it run arbitrary code. Each section's dataclass validates its own
+values (``validate()``: the trainer section here, the optimizer's in ``lab.optim``, the
+model's and data's beside their code); ``validate`` below adds the checks across sections
+(the model's family against its data). Every refusal is a ``ConfigError`` naming the field,
+the value and the allowed range, raised before any work starts.
 """
 
 from __future__ import annotations
@@ -30,10 +32,7 @@ import yaml
 
 from lab.data import DATAMODULES
 from lab.families import family
-from lab.data.corpus import check_source
-from lab.data.splits import validate_data_config
-from lab.data.tokenizers import MIN_BPE_VOCAB, TOKENIZER_KINDS
-from lab.errors import ConfigError, LabError, require, require_positive
+from lab.errors import ConfigError, LabError, require
 from lab.optim import OptimizerConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -372,29 +371,13 @@ def validate(cfg: Config) -> None:
     fam = family(m.name)
     _check_data(fam, d.name)
     m.validate()
-    _validate_data(d)
+    d.validate()
     if fam.check is not None:
         fam.check(cfg)  # the model against its data (e.g. an MLP's input width)
     cfg.trainer.validate()
     require(not cfg.trainer.activation_checkpointing or bool(fam.blocks), "trainer.activation_checkpointing",
            True, "false for this model", f"{fam.name} has no transformer blocks to recompute")
     cfg.optimizer.validate()
-
-
-def _validate_data(d: Any) -> None:
-    # The checks every DataModule also runs on its own (notebooks build them directly) live
-    # with the data; this adds the ones that only make sense for a whole config.
-    validate_data_config(d)
-    if d.name == "text":
-        check_source(d)
-        require(d.tokenizer in TOKENIZER_KINDS, "data.tokenizer", d.tokenizer, " or ".join(TOKENIZER_KINDS))
-        require(d.tokenizer != "bpe" or d.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", d.vocab_size,
-               f"a whole number >= {MIN_BPE_VOCAB} (byte-level BPE starts from 256 byte tokens)")
-        require(d.path is None or Path(d.path).exists(), "data.path", d.path,
-               "an existing UTF-8 text file or folder", "leave it out to use the bundled corpus")
-    elif d.name == "regression":
-        require_positive("data", d, "n_samples", "n_features")
-        require(d.noise >= 0, "data.noise", d.noise, "a number >= 0")
 
 
 def to_yaml(cfg: Config) -> str:

@@ -11,7 +11,8 @@ from safetensors.torch import load_model
 from torch import nn
 
 from lab.compress import Artifact
-from lab.compress.prune import PrunedAttention, load_pruned, prunable_weights, structured, unstructured
+from lab.compress.prune import load_pruned, prunable_weights, structured, unstructured
+from lab.families.gpt import PrunedAttention
 from lab.config import from_dict, read_yaml
 from lab.errors import LabError
 from lab.evaluate import quality

@@ -10,6 +10,7 @@ assessment, with nothing under ``lab/`` knowing it. A second test fails if any m
 from __future__ import annotations
 
 import ast
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from lab import dashboard_data, runs
 from lab.cli import main
+from lab.compress.structure import Structure, neurons
 from lab.config import load_config, to_yaml
 from lab.errors import ConfigError
 from lab.families import FAMILIES, ModelFamily, family, register, unregister
@@ -66,6 +68,8 @@ TOY = ModelFamily(
                                              num_classes=cfg.model.num_classes),
     example=images, loss=Classifier.loss, metric="val/accuracy", mode="max",
     narrow=lambda c, scale: {"hidden": max(1, round(c.hidden * scale))},
+    structure=Structure(groups=lambda m: [neurons(m, "net.1", "net.3")],
+                        shape=lambda m, counts: {**dataclasses.asdict(m.config), "hidden": counts[0]}),
     describe="A toy classifier: images [batch, 1, 8, 8] -> logits [batch, 10]",
 )
 
@@ -106,6 +110,12 @@ def test_a_family_defined_in_a_test_runs_through_the_whole_lab(toy: ModelFamily,
     assert report["kind"] == "classifier" and 0 <= report["quality"]["accuracy"] <= 1
     result = compress(run, "int8-dynamic", max_batches=2, repeats=1)
     assert result["deltas"]["size_ratio"] < 1
+    register(dataclasses.replace(TOY, int8_targets=()))  # the record decides what int8 quantizes
+    untouched = compress(run, "int8-dynamic", max_batches=2, repeats=1)
+    assert untouched["deltas"]["size_ratio"] > result["deltas"]["size_ratio"] and "Linear" not in untouched["notes"]["quantized"]
+    register(TOY)
+    pruned = compress(run, "prune-structured", max_batches=2, repeats=1, steps=2)
+    assert pruned["deltas"]["size_ratio"] < 1  # the structure the family gives: "hidden" neurons
     assert main(["runs", "--runs_dir", str(root)]) == 0 and run.name in capsys.readouterr().out
 
     # lab plan: traced like any family without a transformer shape.

@@ -24,14 +24,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
-import torch.nn.functional as F
 import yaml
 from safetensors.torch import load_model, save_model
 from torch import nn
@@ -41,9 +38,9 @@ from lab.compress import Artifact
 from lab.config import Config, from_dict, read_yaml
 from lab.errors import LabError
 from lab.cost import num_params
-from lab.families import build_model
-from lab.models import CNN, MLP
-from lab.models.gpt import Block
+from lab.compress import structure as cutting
+from lab.compress.structure import Group, Structure
+from lab.families import build_model, family
 from lab.modules import LabModule
 from lab.train import train_module
 
@@ -149,73 +146,6 @@ def unstructured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_
 # Structured: remove heads, neurons, channels
 
 
-@dataclass
-class Cut:
-    """One tensor a group of units lives in: position ``i`` along ``dim`` belongs to unit ``unit_of[i]``."""
-
-    module: str
-    tensor: str
-    dim: int
-    unit_of: torch.Tensor
-
-
-@dataclass
-class Group:
-    """Units (the heads of a block, the neurons of a layer, a conv's channels) kept or removed together."""
-
-    name: str
-    n: int
-    cuts: list[Cut]
-
-
-def _cuts(model: nn.Module, module: str, dim: int, unit_of: torch.Tensor,
-          tensors: tuple[str, ...] = ("weight", "bias")) -> list[Cut]:
-    m = model.get_submodule(module)
-    return [Cut(module, t, dim, unit_of) for t in tensors if getattr(m, t, None) is not None]
-
-
-def _neurons(model: nn.Module, first: str, second: str, spread: int = 1, kind: str = "neurons") -> Group:
-    """Hidden units between two layers: rows of ``first`` (and its bias), columns of ``second``.
-
-    ``spread`` > 1 when ``second`` reads each unit as several inputs (a flattened conv map).
-    """
-    n = model.get_submodule(first).weight.shape[0]
-    unit_of = torch.arange(n * spread) // spread
-    cuts = [*_cuts(model, first, 0, torch.arange(n)), *_cuts(model, second, 1, unit_of, ("weight",))]
-    return Group(f"{first} {kind}", n, cuts)
-
-
-def _groups(model: nn.Module) -> list[Group]:
-    """What structured pruning may remove in each supported model."""
-    groups: list[Group] = []
-    for prefix, block in ((n, m) for n, m in model.named_modules() if isinstance(m, Block)):  # GPT and ViT
-        attn, width = block.attn, block.attn.c_proj.out_features
-        d = width // attn.n_head
-        heads = [*_cuts(model, f"{prefix}.attn.c_attn", 0, (torch.arange(3 * width) % width) // d),
-                 *_cuts(model, f"{prefix}.attn.c_proj", 1, torch.arange(width) // d, ("weight",))]
-        groups += [Group(f"{prefix}.attn heads", attn.n_head, heads),
-                   _neurons(model, f"{prefix}.mlp.c_fc", f"{prefix}.mlp.c_proj")]
-    if isinstance(model, CNN):
-        convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
-        for j, i in enumerate(convs):
-            c = model.features[i].out_channels
-            if j + 1 < len(convs):
-                group = _neurons(model, f"features.{i}", f"features.{convs[j + 1]}", kind="channels")
-            else:
-                group = _neurons(model, f"features.{i}", "head.1", model.head[1].in_features // c, "channels")
-            # The BatchNorm after the conv has one scale, shift and running statistic per channel.
-            group.cuts += _cuts(model, f"features.{i + 1}", 0, torch.arange(c),
-                                ("weight", "bias", "running_mean", "running_var"))
-            groups.append(group)
-        groups.append(_neurons(model, "head.1", "head.4"))
-    if isinstance(model, MLP):
-        linears = [i for i, m in enumerate(model.net) if isinstance(m, nn.Linear)]
-        groups += [_neurons(model, f"net.{a}", f"net.{b}") for a, b in zip(linears, linears[1:])]
-    if not groups:
-        raise LabError(f"prune-structured does not know how to shrink a {type(model).__name__}")
-    return groups
-
-
 def _group_sums(model: nn.Module, group: Group, values: dict[str, torch.Tensor]) -> torch.Tensor:
     """Sum ``values`` (per-element figures keyed by tensor name) over each unit of ``group``."""
     total = torch.zeros(group.n)
@@ -246,76 +176,8 @@ def taylor_scores(module: LabModule, groups: list[Group], dm: L.LightningDataMod
     return [s / max(seen, 1) for s in scores]
 
 
-class PrunedAttention(nn.Module):
-    """Self-attention with ``n_head`` heads of ``head_dim`` channels that need not add up to the residual width.
-
-    The lab's ``CausalSelfAttention`` ties the two (``n_embd = n_head * head_dim``); this keeps its
-    submodule names (``c_attn``, ``c_proj``), so the weights load under the same keys.
-    """
-
-    def __init__(self, attn: nn.Module, n_head: int, head_dim: int) -> None:
-        super().__init__()
-        self.c_attn, self.c_proj, self.resid_dropout = attn.c_attn, attn.c_proj, attn.resid_dropout
-        self.n_head, self.head_dim, self.dropout, self.is_causal = n_head, head_dim, attn.dropout, attn.is_causal
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        inner = self.n_head * self.head_dim
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(inner, 2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.is_causal)
-        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, inner)))
-
-
-def _fix_shape(m: nn.Module) -> None:
-    """Make a module's size attributes agree with its sliced tensors."""
-    if isinstance(m, nn.Linear):
-        m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, nn.Conv2d):
-        m.out_channels, m.in_channels = m.weight.shape[:2]
-    elif isinstance(m, nn.BatchNorm2d):
-        m.num_features = m.weight.shape[0]
-
-
-def shrink(model: nn.Module, groups: list[Group], keep: list[torch.Tensor]) -> None:
-    """Replace every cut module by a copy holding only the kept units (``keep[i]``: indices for ``groups[i]``)."""
-    todo: dict[str, list[tuple[str, int, torch.Tensor]]] = defaultdict(list)
-    for g, k in zip(groups, keep):
-        for cut in g.cuts:
-            todo[cut.module].append((cut.tensor, cut.dim, torch.isin(cut.unit_of, k).nonzero().flatten()))
-    for name, slices in todo.items():
-        new = copy.deepcopy(model.get_submodule(name))
-        for tensor, dim, positions in slices:
-            t = getattr(new, tensor)
-            kept = t.detach().index_select(dim, positions).clone()
-            setattr(new, tensor, nn.Parameter(kept, t.requires_grad) if isinstance(t, nn.Parameter) else kept)
-        _fix_shape(new)
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, new)
-    for prefix, block in ((n, m) for n, m in model.named_modules() if isinstance(m, Block)):
-        g = next(g for g in groups if g.name == f"{prefix}.attn heads")
-        width = block.attn.c_proj.out_features
-        block.attn = PrunedAttention(block.attn, len(keep[groups.index(g)]), width // g.n)
-
-
 def _plain(d: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
-def _new_model_config(model: nn.Module, counts: list[int]) -> dict[str, Any]:
-    """The pruned shape as a ``model:`` section (GPT/ViT: two fields GPTConfig lacks, see load_pruned).
-
-    ``counts``: units kept per group, in ``_groups`` order. Transformer blocks all keep the same
-    counts (same sizes, same fraction), so the first block's heads and neurons stand for all.
-    """
-    c = dataclasses.asdict(model.config)
-    if isinstance(model, (CNN, MLP)):
-        key = "channels" if isinstance(model, CNN) else "hidden"
-        widths = tuple(counts[:-1]) if isinstance(model, CNN) else tuple(counts)
-        extra = {"hidden": counts[-1]} if isinstance(model, CNN) else {}
-        model.config = dataclasses.replace(model.config, **{key: widths}, **extra)
-        return _plain(dataclasses.asdict(model.config))
-    return _plain({**c, "n_head": counts[0], "head_dim": c["n_embd"] // c["n_head"], "mlp_hidden": counts[1]})
 
 
 def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_dir: Path,
@@ -330,13 +192,14 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
     amount, steps = check_fraction("amount", amount), check_steps(steps)
     pruned = copy.deepcopy(module)
     model = pruned.model
-    groups = _groups(model)
+    structure = _structure(model)
+    groups = structure.groups(model)
     scores = taylor_scores(pruned, groups, dm, batches)
     # At least one unit per group: an empty layer would cut the network in two.
     keep = [torch.sort(torch.topk(s, max(1, round(g.n * (1 - amount)))).indices).values for g, s in zip(groups, scores)]
     params_before = num_params(model)
-    shrink(model, groups, keep)
-    config = {**cfg.to_dict(), "model": _new_model_config(model, [len(k) for k in keep])}
+    shrink(model, structure, groups, keep)
+    config = {**cfg.to_dict(), "model": _plain(structure.shape(model, [len(k) for k in keep]))}
     finetune(pruned, dm, steps, lr_scale)
     model.eval()
     return Artifact(
@@ -352,17 +215,35 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
 def load_pruned(out_dir: str | Path) -> nn.Module:
     """Rebuild a structured-pruned model from ``config.yaml`` + ``model.safetensors`` (eval mode).
 
-    A pruned GPT/ViT's ``model:`` section carries ``head_dim`` and ``mlp_hidden``, which GPTConfig
-    and ViTConfig do not have yet: the original shape is built, cut to those sizes, then loaded.
+    The family's ``structure.rebuild`` reads a pruned section its config cannot hold (a pruned
+    GPT/ViT's ``head_dim`` and ``mlp_hidden``): the original shape is built, cut to those sizes,
+    then loaded.
     """
     out_dir = Path(out_dir)
     section = dict(read_yaml(out_dir / CONFIG_FILE)["model"])
-    head_dim, mlp_hidden = section.pop("head_dim", None), section.pop("mlp_hidden", None)
-    if head_dim is not None:
-        section["n_head"], heads = section["n_embd"] // head_dim, section["n_head"]
+    structure = family(section.get("name")).structure
+    kept = None
+    if structure is not None and structure.rebuild is not None:
+        section, kept = structure.rebuild(section)
     model = build_model(from_dict({"model": section}).model)
-    if head_dim is not None:
-        groups = _groups(model)
-        shrink(model, groups, [torch.arange(heads if g.name.endswith("heads") else mlp_hidden) for g in groups])
+    if kept is not None:
+        groups = structure.groups(model)
+        shrink(model, structure, groups, [torch.arange(kept(g)) for g in groups])
     load_model(model, str(out_dir / WEIGHTS_FILE))
     return model.eval()
+
+
+def _structure(model: nn.Module) -> Structure:
+    """How ``model``'s family shrinks; refused in one line when it does not say."""
+    name = getattr(getattr(model, "config", None), "name", None)
+    structure = family(name).structure if name is not None else None
+    if structure is None:
+        raise LabError(f"prune-structured does not know how to shrink a {type(model).__name__}")
+    return structure
+
+
+def shrink(model: nn.Module, structure: Structure, groups: list[Group], keep: list[torch.Tensor]) -> None:
+    """Cut ``model`` to the kept units of each group, then let its family finish (e.g. fewer heads)."""
+    cutting.cut(model, groups, keep)
+    if structure.finish is not None:
+        structure.finish(model, groups, keep)

@@ -32,6 +32,7 @@ from torch import nn
 
 from lab.compress import Artifact
 from lab.errors import LabError
+from lab.families import family_of
 
 TORCH_AO = "torch.ao.quantization.quantize_dynamic"
 TORCHAO = "torchao.quantization.Int8DynamicActivationInt8WeightConfig"
@@ -39,13 +40,17 @@ BACKENDS = {"torch.ao": TORCH_AO, "torchao": TORCHAO}
 WEIGHTS_FILE = "model_int8.pt"
 
 
-def quantize_torch_ao(model: nn.Module) -> nn.Module:
-    """int8 weights + dynamic int8 activations for every nn.Linear (a copy; ``model`` is kept)."""
+LINEAR = (nn.Linear,)
+"""What int8-dynamic quantizes unless a family's record says otherwise (``ModelFamily.int8_targets``)."""
+
+
+def quantize_torch_ao(model: nn.Module, targets: tuple[type[nn.Module], ...] = LINEAR) -> nn.Module:
+    """int8 weights + dynamic int8 activations for every ``targets`` module (a copy; ``model`` is kept)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice: the probe is how we cope with it
         from torch.ao.quantization import quantize_dynamic
 
-        return quantize_dynamic(copy.deepcopy(model).eval(), {nn.Linear}, dtype=torch.qint8)
+        return quantize_dynamic(copy.deepcopy(model).eval(), set(targets), dtype=torch.qint8)
 
 
 @contextlib.contextmanager
@@ -66,16 +71,18 @@ def quiet_torchao_import() -> Iterator[None]:
                 logger.setLevel(level)
 
 
-def quantize_torchao(model: nn.Module) -> nn.Module:
+def quantize_torchao(model: nn.Module, targets: tuple[type[nn.Module], ...] = LINEAR) -> nn.Module:
+    """The same with torchao's kernels (its int8 linear: only ``nn.Linear`` among ``targets`` applies)."""
     with quiet_torchao_import():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
         q = copy.deepcopy(model).eval()
-        quantize_(q, Int8DynamicActivationInt8WeightConfig())
+        quantize_(q, Int8DynamicActivationInt8WeightConfig(),
+                  filter_fn=lambda m, fqn: isinstance(m, nn.Linear) and isinstance(m, targets))
         return q
 
 
-QUANTIZERS: dict[str, Callable[[nn.Module], nn.Module]] = {TORCH_AO: quantize_torch_ao, TORCHAO: quantize_torchao}
+QUANTIZERS: dict[str, Callable[..., nn.Module]] = {TORCH_AO: quantize_torch_ao, TORCHAO: quantize_torchao}
 
 
 def available() -> dict[str, str]:
@@ -118,7 +125,7 @@ def round_robin(fns: dict[str, Callable[[torch.Tensor], Any]], x: torch.Tensor, 
     return {n: sorted(t)[len(t) // 2] * 1000 for n, t in times.items()}
 
 
-def load_int8(path: str | Path, model: nn.Module) -> nn.Module:
+def load_int8(path: str | Path, model: nn.Module, targets: tuple[type[nn.Module], ...] = LINEAR) -> nn.Module:
     """Rebuild the torch.ao int8 model: quantize ``model``'s structure, load the saved state.
 
     ``model`` is any fp32 model of the same config (its weights are all overwritten);
@@ -127,7 +134,7 @@ def load_int8(path: str | Path, model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # TypedStorage notices from rebuilding quantized tensors
         state = torch.load(path, map_location="cpu", weights_only=True)
-    q = quantize_torch_ao(model)
+    q = quantize_torch_ao(model, targets)
     q.load_state_dict(state)
     return q.eval()
 
@@ -141,6 +148,7 @@ def int8_dynamic(module: Any, dm: Any, cfg: Any, out_dir: Path, backend: str = "
     if backend != "auto" and backend not in BACKENDS:
         raise LabError(f"--backend must be auto or one of {', '.join(BACKENDS)}, got {backend!r}")
     model = module.model.eval()
+    targets = family_of(cfg).int8_targets
     x = make_batch(example_batch(dm, "val"), int(probe_batch))
     status = available()
     wanted = list(BACKENDS.values()) if backend == "auto" else [BACKENDS[backend]]
@@ -154,7 +162,7 @@ def int8_dynamic(module: Any, dm: Any, cfg: Any, out_dir: Path, backend: str = "
             candidates[name] = {"unavailable": status[name]}
             continue
         try:
-            q = QUANTIZERS[name](model)
+            q = QUANTIZERS[name](model, targets)
             with torch.inference_mode():
                 q(x)  # a backend that cannot run this model fails here
         except Exception as e:  # reported, not fatal
@@ -176,10 +184,11 @@ def int8_dynamic(module: Any, dm: Any, cfg: Any, out_dir: Path, backend: str = "
         "probe": {"batch": int(probe_batch), "repeats": probe_repeats, "threads": torch.get_num_threads(),
                   "fp32_p50_ms": fp32_ms, "timing": "fp32 and candidates in turns on one real validation batch"},
         "candidates": candidates, "chosen_because": "lowest measured p50 latency on a real validation batch",
-        "quantized": "nn.Linear weights int8 (per-tensor), activations int8 per batch; embeddings, norms stay fp32",
+        "quantized": f"{', '.join(t.__name__ for t in targets)} weights int8 (per-tensor), activations int8 per "
+                     "batch; embeddings, norms stay fp32",
     }
     if chosen == TORCH_AO:
-        q = load_int8(path, model)  # what is measured is what was saved, loaded with weights_only=True
+        q = load_int8(path, model, targets)  # what is measured is what was saved, loaded with weights_only=True
         notes["load"] = "lab.compress.quantize.load_int8(path, fp32_model) -> torch.load(weights_only=True)"
     else:
         notes["load"] = "torchao tensor subclasses: torch.load needs torchao installed (and its safe globals)"

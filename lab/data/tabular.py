@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.datasets import make_friedman1
 
-from lab.data.splits import ArrayDataModule, check_int, split_indices, standardise
-from lab.errors import ConfigError
+from lab.data.splits import ArrayDataModule, check_int, split_indices, standardise, validate_data_config
+from lab.errors import ConfigError, require, require_positive
 
 
 @dataclass
@@ -45,6 +45,12 @@ class RegressionDataConfig:
     """Rows per batch."""
     num_workers: int = 0
     """DataLoader worker processes; 0 loads in the main process (fastest for data this small)."""
+
+    def validate(self) -> None:
+        """Refuse invalid values with a ConfigError naming the field."""
+        validate_data_config(self)
+        require_positive("data", self, "n_samples", "n_features")
+        require(self.noise >= 0, "data.noise", self.noise, "a number >= 0")
 
 
 class RegressionDataModule(ArrayDataModule):

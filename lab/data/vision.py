@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from sklearn.datasets import load_digits
 
-from lab.data.splits import ArrayDataModule, split_indices, standardise
+from lab.data.splits import ArrayDataModule, split_indices, standardise, validate_data_config
 
 
 @dataclass
@@ -36,6 +36,10 @@ class DigitsDataConfig:
     """Images per batch."""
     num_workers: int = 0
     """DataLoader worker processes; 0 loads in the main process (fastest for data this small)."""
+
+    def validate(self) -> None:
+        """Refuse invalid values with a ConfigError naming the field."""
+        validate_data_config(self)
 
 
 class DigitsDataModule(ArrayDataModule):

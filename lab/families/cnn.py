@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
+from torch import nn
 
+from lab.compress.structure import Group, Structure, cuts, neurons
 from lab.families.record import ModelFamily
 from lab.models.vision import CNN, CNNConfig
 from lab.modules import Classifier
@@ -25,6 +28,29 @@ def images(c: Any, n: int, gen: torch.Generator | None = None) -> tuple[torch.Te
             torch.randint(0, c.num_classes, (n,), generator=gen))
 
 
+def conv_groups(model: nn.Module) -> list[Group]:
+    """Each conv stage's output channels (with its BatchNorm), then the hidden layer's neurons."""
+    groups: list[Group] = []
+    convs = [i for i, m in enumerate(model.features) if isinstance(m, nn.Conv2d)]
+    for j, i in enumerate(convs):
+        c = model.features[i].out_channels
+        if j + 1 < len(convs):
+            group = neurons(model, f"features.{i}", f"features.{convs[j + 1]}", kind="channels")
+        else:
+            group = neurons(model, f"features.{i}", "head.1", model.head[1].in_features // c, "channels")
+        # The BatchNorm after the conv has one scale, shift and running statistic per channel.
+        group.cuts += cuts(model, f"features.{i + 1}", 0, torch.arange(c),
+                           ("weight", "bias", "running_mean", "running_var"))
+        groups.append(group)
+    groups.append(neurons(model, "head.1", "head.4"))
+    return groups
+
+
+def conv_shape(model: nn.Module, counts: list[int]) -> dict[str, Any]:
+    model.config = dataclasses.replace(model.config, channels=tuple(counts[:-1]), hidden=counts[-1])
+    return dataclasses.asdict(model.config)
+
+
 def narrow(c: CNNConfig, scale: float) -> dict[str, Any]:
     return {"channels": [max(1, round(ch * scale)) for ch in c.channels], "hidden": max(1, round(c.hidden * scale))}
 
@@ -32,5 +58,6 @@ def narrow(c: CNNConfig, scale: float) -> dict[str, Any]:
 FAMILY = ModelFamily(
     name="cnn", config=CNNConfig, model=CNN, data=("digits",), task="classifier", module=module, example=images,
     loss=Classifier.loss, metric="val/accuracy", mode="max", narrow=narrow,
+    structure=Structure(groups=conv_groups, shape=conv_shape),
     describe="A CNN image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
 )

@@ -11,10 +11,14 @@ FSDP and activation checkpointing work per ``Block``.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
+from lab.compress.structure import Group, Structure, cuts, neurons
 from lab.data import DATAMODULES
 from lab.errors import LabError
 from lab.families.record import ModelFamily, TransformerShape, replace_config
@@ -81,9 +85,84 @@ def narrow(c: GPTConfig, scale: float) -> dict[str, Any]:
     return {"n_layer": max(1, c.n_layer // 2), "n_embd": c.n_head * max(1, round(c.n_embd * scale / c.n_head))}
 
 
+
+
+# ------------------------------------------------------------------ structured pruning of transformer blocks
+# (the ViT's blocks are the GPT's Block too: lab.families.vit uses the same structure)
+
+
+class PrunedAttention(nn.Module):
+    """Self-attention with ``n_head`` heads of ``head_dim`` channels that need not add up to the residual width.
+
+    The lab's ``CausalSelfAttention`` ties the two (``n_embd = n_head * head_dim``); this keeps its
+    submodule names (``c_attn``, ``c_proj``), so the weights load under the same keys.
+    """
+
+    def __init__(self, attn: nn.Module, n_head: int, head_dim: int) -> None:
+        super().__init__()
+        self.c_attn, self.c_proj, self.resid_dropout = attn.c_attn, attn.c_proj, attn.resid_dropout
+        self.n_head, self.head_dim, self.dropout, self.is_causal = n_head, head_dim, attn.dropout, attn.is_causal
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, _ = x.shape
+        inner = self.n_head * self.head_dim
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(inner, 2))
+        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
+                                           is_causal=self.is_causal)
+        return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, inner)))
+
+
+def _blocks(model: nn.Module) -> list[tuple[str, Block]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, Block)]
+
+
+def block_groups(model: nn.Module) -> list[Group]:
+    """Each block's attention heads and MLP neurons."""
+    groups: list[Group] = []
+    for prefix, block in _blocks(model):
+        attn, width = block.attn, block.attn.c_proj.out_features
+        d = width // attn.n_head
+        heads = [*cuts(model, f"{prefix}.attn.c_attn", 0, (torch.arange(3 * width) % width) // d),
+                 *cuts(model, f"{prefix}.attn.c_proj", 1, torch.arange(width) // d, ("weight",))]
+        groups += [Group(f"{prefix}.attn heads", attn.n_head, heads),
+                   neurons(model, f"{prefix}.mlp.c_fc", f"{prefix}.mlp.c_proj")]
+    return groups
+
+
+def fewer_heads(model: nn.Module, groups: list[Group], keep: list[torch.Tensor]) -> None:
+    """After the cut: each block's attention runs its kept heads at the original head width."""
+    for prefix, block in _blocks(model):
+        g = next(g for g in groups if g.name == f"{prefix}.attn heads")
+        width = block.attn.c_proj.out_features
+        block.attn = PrunedAttention(block.attn, len(keep[groups.index(g)]), width // g.n)
+
+
+def block_shape(model: nn.Module, counts: list[int]) -> dict[str, Any]:
+    """The pruned section: two fields the config lacks (``head_dim``, ``mlp_hidden``, read by ``rebuild``).
+
+    Every block keeps the same counts (same sizes, same fraction), so the first block's stand for all.
+    """
+    c = dataclasses.asdict(model.config)
+    return {**c, "n_head": counts[0], "head_dim": c["n_embd"] // c["n_head"], "mlp_hidden": counts[1]}
+
+
+def block_rebuild(section: dict[str, Any]) -> tuple[dict[str, Any], Any]:
+    """The original shape to build (its head count from ``head_dim``) and the units each group keeps."""
+    section = dict(section)
+    head_dim, mlp_hidden = section.pop("head_dim", None), section.pop("mlp_hidden", None)
+    if head_dim is None:
+        return section, None
+    section["n_head"], heads = section["n_embd"] // head_dim, section["n_head"]
+    return section, lambda g: heads if g.name.endswith("heads") else mlp_hidden
+
+
+STRUCTURE = Structure(groups=block_groups, shape=block_shape, finish=fewer_heads, rebuild=block_rebuild)
+
+
 FAMILY = ModelFamily(
     name="gpt", config=GPTConfig, model=GPT, data=("text",), task="lm", module=module, example=example,
     loss=LanguageModel.loss, unit="tokens", tokenized=True, datamodule=datamodule, blocks=(Block,),
-    complete=with_vocab, transformer=transformer, plan_shape=plan_shape, narrow=narrow, int8_static=True,
+    complete=with_vocab, transformer=transformer, plan_shape=plan_shape, narrow=narrow, structure=STRUCTURE,
+    int8_static=True,
     describe="A GPT language model: token ids [batch, sequence] -> logits [batch, sequence, vocab]",
 )

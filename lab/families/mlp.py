@@ -6,10 +6,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
+from torch import nn
 
+from lab.compress.structure import Group, Structure, neurons
 from lab.errors import ConfigError
 from lab.families.record import ModelFamily
 from lab.models.mlp import MLP, MLPConfig
@@ -30,6 +33,17 @@ def check(cfg: Any) -> None:
                           f"data.n_features={cfg.data.n_features} (the model's input width must match the data)")
 
 
+def hidden_groups(model: nn.Module) -> list[Group]:
+    """The neurons of each hidden layer."""
+    linears = [i for i, m in enumerate(model.net) if isinstance(m, nn.Linear)]
+    return [neurons(model, f"net.{a}", f"net.{b}") for a, b in zip(linears, linears[1:])]
+
+
+def hidden_shape(model: nn.Module, counts: list[int]) -> dict[str, Any]:
+    model.config = dataclasses.replace(model.config, hidden=tuple(counts))
+    return dataclasses.asdict(model.config)
+
+
 def narrow(c: MLPConfig, scale: float) -> dict[str, Any]:
     return {"hidden": [max(1, round(h * scale)) for h in c.hidden]}
 
@@ -37,5 +51,6 @@ def narrow(c: MLPConfig, scale: float) -> dict[str, Any]:
 FAMILY = ModelFamily(
     name="mlp", config=MLPConfig, model=MLP, data=("regression",), task="regressor", module=module, example=example,
     loss=Regressor.loss, check=check, narrow=narrow, int8_static=True,
+    structure=Structure(groups=hidden_groups, shape=hidden_shape),
     describe="An MLP regressor: features [batch, in_features] -> outputs [batch, out_features]",
 )

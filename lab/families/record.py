@@ -85,6 +85,11 @@ class ModelFamily:
     """Completes the model config for planning without data (e.g. its vocabulary): -> (config, note or None)."""
     narrow: Callable[[Any, float], dict[str, Any]] | None = None
     """Distillation: model overrides for a student about ``scale`` times as wide; None = not derivable."""
+    structure: Any = None
+    """Structured pruning: which units may go and the pruned shape (``lab.compress.structure.Structure``);
+    None = prune-structured refused for this family."""
+    int8_targets: tuple[type[nn.Module], ...] = (nn.Linear,)
+    """Module types ``int8-dynamic`` quantizes (int8 weights, activations quantized per batch)."""
     int8_static: bool = False
     """Whether the int8-static flow (PT2E + Inductor) was verified on this family."""
     export_formats: tuple[str, ...] = ("safetensors", "onnx", "torchscript")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from lab.families.record import ModelFamily
 from lab.families.cnn import images, module
-from lab.families.gpt import narrow
+from lab.families.gpt import STRUCTURE, narrow
 from lab.models.gpt import Block
 from lab.models.vision import ViT, ViTConfig
 from lab.modules import Classifier
@@ -16,5 +16,6 @@ from lab.modules import Classifier
 FAMILY = ModelFamily(
     name="vit", config=ViTConfig, model=ViT, data=("digits",), task="classifier", module=module, example=images,
     loss=Classifier.loss, metric="val/accuracy", mode="max", blocks=(Block,), narrow=narrow,
+    structure=STRUCTURE,
     describe="A vision transformer image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
 )
