@@ -79,6 +79,10 @@ def check_supported(cfg: Any) -> None:
     if t.accelerator == "mps" and not torch.backends.mps.is_available():
         raise LabError("trainer.accelerator mps: Apple's Metal (MPS) is not available here; "
                        "use --trainer.accelerator cpu (or auto)")
+    if t.precision == "16-mixed" and not _uses_gpu(t.accelerator):
+        # Lightning would quietly train in bf16-mixed instead: say so before any work.
+        raise LabError("trainer.precision 16-mixed needs a GPU (fp16 autocast does not run on the CPU; Lightning would "
+                       "silently switch to bf16-mixed): use --trainer.precision bf16-mixed on the CPU")
     if t.strategy in SHARDED and not _uses_gpu(t.accelerator):
         raise LabError(f"strategy {t.strategy} needs GPUs (it shards the model across them) and this run is on CPU: "
                        "use --trainer.strategy ddp to train on several CPU processes, or run on a GPU machine")

@@ -256,8 +256,15 @@ def test_every_cpu_precision_trains_with_gradient_clipping(tmp_path: Path, preci
     assert run.config["trainer"]["gradient_clip_val"] == 1.0  # clipping on: the case that crashed
 
 
-def test_sixteen_bit_mixed_trains_on_cpu_with_its_grad_scaler(tmp_path: Path) -> None:
-    _trains("gpt-nano", tmp_path, **{"trainer.precision": "16-mixed"})
+def test_sixteen_bit_mixed_is_refused_on_cpu_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    # Lightning would replace it by bf16-mixed with a warning: refused before any work instead.
+    from lab.cli import main
+
+    assert main(["fit", "--runs_dir", str(tmp_path), "--trainer.precision", "16-mixed",
+                 "--trainer.accelerator", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "bf16-mixed" in err and "Traceback" not in err
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.slow
