@@ -146,14 +146,15 @@ class Config:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) ready for YAML and JSON."""
-        return _plain(dataclasses.asdict(self))
+        return plain(dataclasses.asdict(self))
 
 
-def _plain(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """Plain data for YAML and JSON: tuples become lists, all the way down."""
     if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
+        return {k: plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
+        return [plain(v) for v in obj]
     return obj
 
 

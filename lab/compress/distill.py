@@ -38,7 +38,7 @@ from torch import nn
 
 from lab.compress import Artifact
 from lab.compress.prune import check_steps, save_weights
-from lab.config import Config, from_dict, validate
+from lab.config import Config, from_dict, plain, validate
 from lab.errors import LabError
 from lab.cost import num_params
 from lab.evaluate import kind_of, quality
@@ -155,14 +155,10 @@ def student_config(cfg: Config, teacher_model_cfg: Any, student: dict[str, Any] 
         raise LabError("option student: the student must be the same kind of model as the teacher")
     raw = cfg.to_dict()
     # The teacher's own config: it has the vocabulary size filled in, which the run's may leave null.
-    raw["model"] = {**_plain(dataclasses.asdict(teacher_model_cfg)), **overrides}
+    raw["model"] = {**plain(dataclasses.asdict(teacher_model_cfg)), **overrides}
     out = from_dict(raw)
     validate(out)
     return out, overrides
-
-
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 def distill(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_dir: Path,

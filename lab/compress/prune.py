@@ -35,7 +35,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 from lab.compress import Artifact
-from lab.config import Config, from_dict, read_yaml
+from lab.config import Config, from_dict, plain, read_yaml
 from lab.errors import LabError
 from lab.cost import num_params
 from lab.compress import structure as cutting
@@ -176,10 +176,6 @@ def taylor_scores(module: LabModule, groups: list[Group], dm: L.LightningDataMod
     return [s / max(seen, 1) for s in scores]
 
 
-def _plain(d: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
-
-
 def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_dir: Path,
                amount: float = 0.5, steps: int = 100, batches: int = 8, lr_scale: float = 1.0, **_: Any) -> Artifact:
     """Remove ``amount`` of every layer's heads and MLP neurons (GPT, ViT), conv channels and hidden
@@ -199,7 +195,7 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
     keep = [torch.sort(torch.topk(s, max(1, round(g.n * (1 - amount)))).indices).values for g, s in zip(groups, scores)]
     params_before = num_params(model)
     shrink(model, structure, groups, keep)
-    config = {**cfg.to_dict(), "model": _plain(structure.shape(model, [len(k) for k in keep]))}
+    config = {**cfg.to_dict(), "model": plain(structure.shape(model, [len(k) for k in keep]))}
     finetune(pruned, dm, steps, lr_scale)
     model.eval()
     return Artifact(
