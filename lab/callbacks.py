@@ -15,7 +15,9 @@
 from __future__ import annotations
 
 import math
+import multiprocessing
 import random
+import re
 import signal
 import threading
 import time
@@ -26,6 +28,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from torch.multiprocessing import ProcessRaisedException
 
 from lab.errors import LabError
 
@@ -44,6 +47,30 @@ class StopRequested(Exception):
     def __init__(self, signum: int) -> None:
         super().__init__(f"stop requested (signal {signum})")
         self.signum = signum
+
+    @classmethod
+    def from_worker(cls, error: BaseException) -> "StopRequested | None":
+        """The clean stop of a forked worker (ddp_notebook), or None for a real failure.
+
+        Lightning's multiprocessing launcher hands the parent only the text of a worker's
+        exception (torch's ``ProcessRaisedException``), so the stop is recognised by its
+        qualified name and message there.
+        """
+        found = re.search(rf"{re.escape(cls.__module__)}\.{cls.__qualname__}: stop requested \(signal (\d+)\)",
+                          str(error))
+        return cls(int(found.group(1))) if isinstance(error, ProcessRaisedException) and found else None
+
+
+def stop_event() -> Any:
+    """An Event for a notebook's Stop button that also reaches ``ddp_notebook``'s forked workers.
+
+    A ``threading.Event`` lives in one process's memory: set in the kernel, forked workers would
+    never see it. A multiprocessing Event made before the fork is shared memory. Where fork does
+    not exist (Windows), ddp_notebook does not either, and a thread Event is enough.
+    """
+    if "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork").Event()
+    return threading.Event()
 
 
 class Throughput(L.Callback):

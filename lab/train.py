@@ -269,7 +269,13 @@ def _train(s: _Session, test: bool) -> runs.Run:
                 # the checkpoints folder is meant to hold the interrupted run's files.
                 warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before")
                 warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
-            trainer.fit(module, datamodule=s.dm, ckpt_path=s.start.ckpt_path, weights_only=True)
+            try:
+                trainer.fit(module, datamodule=s.dm, ckpt_path=s.start.ckpt_path, weights_only=True)
+            except Exception as e:  # ddp_notebook: the workers' clean stop arrives as their exception's text
+                stopped = StopRequested.from_worker(e)
+                if stopped is None:
+                    raise
+                raise stopped from None
         if trainer.interrupted:
             raise KeyboardInterrupt
         _recover_from_workers(trainer, run, s.throughput)

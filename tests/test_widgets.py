@@ -443,3 +443,51 @@ def test_panel_tooltips_are_the_config_fields_docstrings() -> None:
     assert panel.controls["lr"].tooltip.startswith("Peak learning rate")
     panel.load_preset("seed-mlp")
     assert panel.controls["hidden"].tooltip == field_docs(MLPConfig)["hidden"]
+
+
+_DDP_STOP_SCRIPT = """
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+from lab import runs
+from lab.checkpoints import load_checkpoint
+from lab.config import load_config
+from lab.widgets.mapping import TrainJob
+
+cfg = load_config("seed-mlp", {"trainer.max_steps": 100000, "trainer.strategy": "ddp_notebook",
+                               "trainer.devices": 2, "trainer.accelerator": "cpu", "data.batch_size": 16,
+                               "trainer.val_check_interval": 20, "trainer.limit_val_batches": 2,
+                               "trainer.log_every_n_steps": 5})
+job = TrainJob(cfg, runs_root=sys.argv[1]).start()
+deadline = time.monotonic() + 240  # a guard against hanging, not a timing assertion
+while time.monotonic() < deadline and job.running:
+    path = job.run_path
+    if path is not None and len(runs.scalars(path).get("train/loss", [])) >= 3:
+        break
+    time.sleep(0.2)
+job.stop()  # what the panel's Stop button calls, from the kernel's thread
+job.wait(240)
+run = runs.load_run(job.run_path)
+last = run.checkpoint("last")
+print("RESULT", json.dumps({"interrupted": job.interrupted, "error": repr(job.error), "running": job.running,
+                            "status": run.status, "step": run.summary.get("step"),
+                            "ckpt_step": load_checkpoint(last)["global_step"] if last.exists() else None}))
+"""
+
+
+@pytest.mark.slow
+def test_stop_reaches_ddp_notebook_workers_and_ends_the_run_cleanly(tmp_path: Path) -> None:
+    # The workers are forked: a Stop flag in the kernel's memory alone would never reach them, and
+    # their clean stop arrives in the kernel as the text of a worker's exception.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    proc = subprocess.run([sys.executable, "-c", _DDP_STOP_SCRIPT, str(tmp_path / "runs")], capture_output=True,
+                          text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert "RESULT " in proc.stdout, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result["interrupted"] and result["error"] == "None" and not result["running"], result
+    assert result["status"] == "interrupted" and 0 < result["step"] < 100000
+    assert result["ckpt_step"] == result["step"]  # last.ckpt is where the run stopped: resumable there

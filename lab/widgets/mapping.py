@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+from lab.callbacks import stop_event
 from lab.config import Config, load_config
 from lab.config_docs import section_docs
 from lab.errors import LabError
@@ -296,7 +297,7 @@ class TrainJob:
         self.config, self.runs_root, self.callbacks = config, runs_root, tuple(callbacks)
         self.key = _root_key(runs_root)
         self._done: list[Callable[[TrainJob], None]] = [on_done] if on_done is not None else []
-        self.stop_event = threading.Event()
+        self.stop_event = stop_event()  # reaches ddp_notebook's forked workers too
         self.run: Any = None
         self.error: BaseException | None = None
         self.interrupted = False
