@@ -142,7 +142,7 @@ def cmd_quickstart(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lab.runs import list_runs, runs_root, status_note
+    from lab.runs import lineage, list_runs, runs_root, status_note
 
     found = list_runs(args.runs_dir)
     if not found:
@@ -152,6 +152,8 @@ def cmd_runs(args: argparse.Namespace, overrides: list[str]) -> int:
              "params": (r.summary.get("model") or {}).get("params"), "steps": r.summary.get("step"),
              "best val/loss": (r.summary.get("best") or {}).get("val/loss"),
              "wall (s)": r.summary.get("wall_time_s")} for r in found]
+    if any(map(lineage, found)):  # a column only when some run started from pretrained weights
+        rows = [{**row, "from": lineage(r) or "-"} for row, r in zip(rows, found)]
     print(table(rows, list(rows[0])))
     for note in filter(None, map(status_note, found)):
         print(note)

@@ -112,7 +112,8 @@ def run_row(run: Run) -> dict[str, Any]:
         "steps": s.get("step"), "max steps": (run.config.get("trainer") or {}).get("max_steps"),
         "best metric": metric, "best value": best.get(metric) if metric else None,
         "wall time (s)": s.get("wall_time_s"), "throughput": tput, "throughput unit": unit,
-        "started": s.get("started_at"), "error": s.get("error"), "problem": run.problem,
+        "started": s.get("started_at"), "from": runs_mod.lineage(run), "error": s.get("error"),
+        "problem": run.problem,
     }
 
 
@@ -394,6 +395,7 @@ def final_metrics(runs: Sequence[Run]) -> list[dict[str, Any]]:
         figs.update({"params": (s.get("model") or {}).get("params"), "steps": s.get("step"),
                      "wall time (s)": s.get("wall_time_s"), f"throughput ({unit or '-'})": tput,
                      "mfu": (s.get("throughput") or {}).get("mfu")})
+        figs["started from"] = runs_mod.lineage(r) or "random weights"
         per_run.append(figs)
     order: list[str] = []
     for figs in per_run:

@@ -180,6 +180,25 @@ def status_note(run: Run) -> str | None:
     return f"{run.name} was interrupted (Ctrl-C, SIGTERM or a Stop button); {advice}"
 
 
+LINEAGE_KINDS = {"hub": "Hugging Face Hub", "folder": "Hugging Face folder", "run": "lab run"}
+"""What ``summary.json``'s ``lineage.kind`` says a run started from (``lab.hub`` writes it)."""
+
+
+def lineage(run: Run) -> str | None:
+    """Where the run's weights started from, in one line; None for a run from random weights.
+
+        lineage(run)   # "gpt-nano/20261202-101500 (lab run, best.ckpt)"
+    """
+    origin = run.summary.get("lineage")
+    if not isinstance(origin, dict) or not origin.get("source"):
+        return None
+    kind = LINEAGE_KINDS.get(str(origin.get("kind")), str(origin.get("kind") or "pretrained"))
+    # What pins the source: a hub snapshot's commit, a weights file's digest, a run's checkpoint.
+    pins = [str(origin[k])[:12] for k in ("commit", "sha256") if origin.get(k)]
+    pins += [str(origin[k]) for k in ("checkpoint",) if origin.get(k)]
+    return f"{origin['source']} ({', '.join([kind, *pins])})"
+
+
 def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 

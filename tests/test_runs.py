@@ -190,3 +190,16 @@ def test_one_runs_root_from_any_folder_of_the_repository(tmp_path: Path, monkeyp
     monkeypatch.delenv("LAB_RUNS_DIR")
     monkeypatch.chdir(tmp_path)
     assert runs.runs_root() == Path("runs")
+
+
+def test_lineage_says_where_the_weights_started(tmp_path: Path) -> None:
+    from lab.runs import create_run, lineage, update_summary
+
+    scratch = create_run(tmp_path, "gpt-nano", {"model": {"name": "gpt"}})
+    assert lineage(scratch) is None  # random weights: nothing to say
+    tuned = create_run(tmp_path, "gpt-nano", {"model": {"name": "gpt", "init_from": "gpt-nano/a"}})
+    update_summary(tuned, lineage={"kind": "run", "source": "gpt-nano/a", "checkpoint": "best.ckpt"})
+    assert lineage(tuned) == "gpt-nano/a (lab run, best.ckpt)"
+    hub = create_run(tmp_path, "gpt2", {"model": {"name": "gpt", "init_from": "gpt2"}})
+    update_summary(hub, lineage={"kind": "hub", "source": "gpt2", "commit": "607a30d783dfa663caf39e06633721c8d4cfcd7e"})
+    assert lineage(hub) == "gpt2 (Hugging Face Hub, 607a30d783df)"

@@ -47,6 +47,8 @@ def header(run) -> None:
     c[2].metric(plain(row["best metric"] or "best"), f"{row['best value']:.4g}" if row["best value"] is not None else "-")
     c[3].metric("params", f"{row['params']:,}" if row["params"] else "-")
     c[4].metric("wall time", f"{row['wall time (s)']:.1f} s" if row["wall time (s)"] else "-")
+    if row["from"]:
+        st.caption(plain(f"started from {row['from']}"))
     if s.get("error"):
         st.error(plain(f"failed: {s['error']}"))
     if note := status_note(run):
