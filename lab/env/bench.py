@@ -61,6 +61,11 @@ def _allreduce_worker(rank: int, world: int, port: int, backend: str, nbytes: in
     import torch.distributed as dist
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if backend == "gloo" and Path("/sys/class/net/lo").exists():
+        # gloo otherwise resolves the hostname to pick an interface, which fails in some containers.
+        # Set here, in the worker: set in the caller it would outlive the benchmark (a notebook's
+        # kernel, and every `lab doctor` it starts, would then report it as the user's setting).
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     torch.set_num_threads(1)  # two processes on a small machine: do not fight over cores
     device = torch.device("cuda", rank) if backend == "nccl" else torch.device("cpu")
     if backend == "nccl":
@@ -106,9 +111,6 @@ def allreduce(world_size: int = 2, backend: str | None = None, nbytes: int = 16 
 
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() >= world_size else "gloo"
-    if backend == "gloo" and Path("/sys/class/net/lo").exists():
-        # gloo otherwise resolves the hostname to pick an interface, which fails in some containers.
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     with tempfile.TemporaryDirectory(prefix="lab-allreduce-") as tmp:
         out = os.path.join(tmp, "result.json")
         try:
