@@ -32,13 +32,23 @@ SERIES = ["00_environment", "01_data", "02_model", "03_train", "04_optimization"
 
 
 def _text(nb: nbformat.NotebookNode) -> str:
-    """Every stream and text/plain output of an executed notebook, joined."""
+    """Every stream and text/plain output of an executed notebook, as a reader sees it.
+
+    A cell's stdout may arrive in several stream messages (split wherever the kernel
+    flushed), so consecutive chunks are concatenated as they are, never with a separator
+    that would depend on timing; other outputs and cells are set apart by a newline.
+    """
     parts = []
     for cell in nb.cells:
         for out in cell.get("outputs", []):
-            parts.append(out.get("text", "") if out.get("output_type") == "stream"
-                         else out.get("data", {}).get("text/plain", ""))
-    return "\n".join(parts)
+            if out.get("output_type") == "stream" and parts and parts[-1][0] == "stream":
+                parts[-1] = ("stream", parts[-1][1] + out.get("text", ""))
+            elif out.get("output_type") == "stream":
+                parts.append(("stream", out.get("text", "")))
+            else:
+                parts.append(("data", out.get("data", {}).get("text/plain", "")))
+        parts.append(("cell", ""))  # a cell boundary ends a run of stream chunks
+    return "\n".join(text for _, text in parts if text)
 
 
 def _runs(root: Path, experiment: str | None = None) -> list[runs.Run]:
