@@ -3,7 +3,8 @@
     trainer = L.Trainer(plugins=[AtomicCheckpointIO()])     # what lab.train does
     state = load_checkpoint(run.checkpoint("last"))          # weights_only=True, clear errors
     path, skipped = newest_intact(run)                       # what `lab fit --resume` starts from
-    module = load_module(run, "best")                        # the run's LightningModule, in eval mode
+    module = load_module(run, "best")                        # the run's LightningModule, in eval mode (LoRA merged)
+    module = restore_module(cfg, state["state_dict"], tok)   # the same from a checkpoint's own contents
 
 Lightning's own atomic save stages the bytes in memory and writes the target in place
 (or stages in the system temp folder, a copy rather than a rename across filesystems), so
@@ -27,6 +28,7 @@ import torch
 import yaml
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
+from lab import finetune
 from lab.config import from_dict
 from lab.data.tokenizers import load_tokenizer
 from lab.errors import LabError, StorageError
@@ -34,6 +36,7 @@ from lab.families import build_module, family_of
 from lab.fileio import atomic_write, storage_error, storage_errors
 
 if TYPE_CHECKING:
+    from lab.config import Config
     from lab.modules import LabModule
     from lab.runs import Run
 
@@ -131,11 +134,15 @@ def newest_intact(run_dir: str | Path, names: tuple[str, ...] = ("last", "best")
     return max(loaded)[2], skipped
 
 
-def load_module(run: Run, which: str = "best") -> LabModule:
+def load_module(run: Run, which: str = "best", merged: bool = True, runs_root: Any = None) -> LabModule:
     """Rebuild a run's LightningModule from its config and load a checkpoint safely.
 
     ``which`` is ``best``, ``last`` or a path; loading uses ``torch.load(weights_only=True)``,
-    so a checkpoint cannot execute code.
+    so a checkpoint cannot execute code. A LoRA run's checkpoint may hold only its adapters:
+    ``build_module`` rebuilds the base from the config's ``model.init_from`` (a run name there
+    resolves under ``runs_root``) and adds empty adapters, then the checkpoint fills them.
+    ``merged`` (the default) folds the adapters into the base weights (``lab.finetune.merge``),
+    so what evaluate, sample, compress and export get is a plain model of the family.
     """
     path = run.checkpoint(which) if which in ("best", "last") else Path(which)
     if not path.exists():
@@ -144,11 +151,25 @@ def load_module(run: Run, which: str = "best") -> LabModule:
     if not isinstance(state, dict):
         raise LabError(f"checkpoint {path} has no state_dict: it was not written by `lab fit`")
     cfg = from_dict(run.config)
-    dm = _TokenizerOnly(load_tokenizer(run.tokenizer_path)) if family_of(cfg).tokenized else None
-    module = build_module(cfg, dm)
-    module.load_state_dict(state)
-    module.eval()
-    return module
+    tokenizer = load_tokenizer(run.tokenizer_path) if family_of(cfg).tokenized else None
+    return restore_module(cfg, state, tokenizer, merged=merged, runs_root=runs_root)
+
+
+def restore_module(cfg: Config, state_dict: dict[str, Any], tokenizer: Any = None, merged: bool = True,
+                   runs_root: Any = None) -> LabModule:
+    """The LightningModule a checkpoint's ``state_dict`` was saved from, rebuilt from its config, in eval mode.
+
+    The one way back from saved tensors to a model (``load_module`` reads a run's files; a reader
+    of a lone checkpoint, such as ``lab.hub`` taking a run's weights, passes what is inside it).
+    ``tokenizer``: what a tokenized family completes its vocabulary from. ``merged``: fold LoRA
+    adapters into their base weights (a plain model, with the family's own tensor names).
+    """
+    dm = _TokenizerOnly(tokenizer) if tokenizer is not None else None
+    module = build_module(cfg, dm, runs_root=runs_root)
+    module.load_state_dict(state_dict)
+    if merged:
+        finetune.merge(module.model)
+    return module.eval()
 
 
 def standalone_run(path: str | Path) -> Run:

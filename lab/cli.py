@@ -7,10 +7,13 @@
     lab sample gpt-nano/20261128-120000-ab12 --tokens 300
     lab evaluate last                      # quality + latency/size report in reports/eval-best.json
     lab compress last --method int8-dynamic   # or int8-static, onnx, onnx-int8, prune, distill, all
-    lab export last --format safetensors   # or onnx, torchscript
+    lab export last --format safetensors   # or onnx, torchscript, hf (a Hugging Face GPT-2 folder)
+    lab explain last --input 3 [--check]   # heatmaps, attention, logit lens in reports/explain/
+    lab data speech [--generate [--bundle]]   # the bundled spoken digits; synthesize them anew with espeak-ng
     lab doctor [--json] [--bench]          # check this machine; exit 1 if a check fails
     lab plan --config gpt2-124m --precision bf16-mixed --devices 8   # memory, FLOPs, time, a recommendation
     lab launch --nodes 2 --gpus-per-node 8 [--slurm] -- lab fit --config gpt2-124m   # torchrun lines / sbatch
+    lab sweep --config gpt-nano --space space.yaml --trials 20 [--jobs 2]   # Optuna search; each trial a run
 
 User errors (bad config, missing files) print one line and exit with code 2;
 Ctrl-C exits with 130 after marking the run ``interrupted``.
@@ -252,6 +255,55 @@ def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.sweep import sweep
+
+    try:
+        result = sweep(args.config, args.space, args.trials, overrides=overrides, runs_root=args.runs_dir,
+                       jobs=args.jobs, name=args.name, sampler=args.sampler, pruner=args.pruner,
+                       storage=args.storage, seed=args.sampler_seed)
+    except KeyboardInterrupt as e:
+        print("\ninterrupted: the sweep keeps its finished trials, and the interrupted trial is marked failed and "
+              "queued again; run the same command to continue", file=sys.stderr)
+        return 128 + getattr(e, "signum", 2)
+    print(result.text())
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.explain import explain
+
+    run = _run_or_checkpoint(args)
+    given = args.input
+    index = int(given) if given is not None and given.strip().lstrip("-").isdigit() else None
+    result = explain(run, index=index, text=given if given is not None and index is None else None,
+                     methods=args.method, check=args.check, compressed=args.compressed, ckpt=args.ckpt)
+    print(result.summary())
+    return 1 if result.checks is not None and not result.checks["passed"] else 0  # like lab doctor: a check failed
+
+
+def cmd_data(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.data import espeak
+
+    if args.generate:
+        voices = espeak.VOICES if args.voices is None else [v for v in args.voices.split(",") if v.strip()]
+        made = espeak.generate(args.out, voices=voices, takes=args.takes, seed=args.seed,
+                               bundle=espeak.BUNDLE if args.bundle else None)
+        print(f"{made['clips']} clips ({made['words']} words x {made['voices']} voices x {args.takes} takes, "
+              f"{made['seconds']:.0f} s of audio, {made['espeak-ng']}) in {made['folder']}")
+        if made["bundle"]:
+            print(f"bundled copy rewritten: {made['bundle']}")
+        print(f"train on it: lab fit --config speech-cnn --data.path {made['folder']}")
+        return 0
+    info = espeak.bundle_info()
+    print(f"bundled spoken digits ({espeak.BUNDLE}, {info['bytes'] / 2**20:.1f} MiB): {info['clips']} clips, "
+          f"{info['seconds']:.0f} s at {info['rate']} Hz, made with {info.get('espeak-ng', 'espeak-ng')}\n"
+          f"  words:   {', '.join(info['words'])}\n  voices:  {', '.join(info['voices'])}\n"
+          f"  accents: {', '.join(info['accents'])}\n"
+          f"espeak-ng here: {'installed' if espeak.available() else 'not installed (not needed for the bundled copy)'}")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace, overrides: list[str]) -> int:
     from lab.env import report
 
@@ -372,12 +424,50 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="prune: fine-tune steps (default 100); distill: training steps (default: as many as the teacher had)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other method option (repeatable)")
-    p = add("export", "Write a deployable artifact: onnx, torchscript or safetensors (+ config, tokenizer, README).",
+    p = add("export", "Write a deployable artifact: onnx, torchscript, safetensors or hf (+ config, tokenizer, README).",
             cmd_export)
     p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, 'last', or a .ckpt file on its own")
-    p.add_argument("--format", required=True, help="onnx, torchscript or safetensors")
+    p.add_argument("--format", required=True, help="onnx, torchscript, safetensors or hf (GPT-2 layout for transformers)")
     p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
     p.add_argument("--out", default=None, help="folder to write (default: runs/<exp>/<run>/export/<format>/)")
+    p = add("sweep", "Search hyperparameters with Optuna: each trial is a normal run; stop and rerun to continue.",
+            cmd_sweep, overrides=True)
+    p.add_argument("--config", default=DEFAULT_CONFIG, help="preset name or YAML path: the config the trials start from")
+    p.add_argument("--space", required=True, help="YAML: dotted fields to ranges or choices, e.g. "
+                   "optimizer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}")
+    p.add_argument("--trials", type=int, default=20, help="finished trials (completed + pruned) the study should hold")
+    p.add_argument("--jobs", type=int, default=1, help="worker processes training trials at once on this machine")
+    p.add_argument("--name", default=None, help="the study's name: runs/<experiment>/sweeps/<name>/ "
+                   "(default: the space file's name)")
+    p.add_argument("--sampler", default="tpe", help="tpe (default) or random")
+    p.add_argument("--pruner", default="halving", help="halving (successive halving, default), median or none")
+    p.add_argument("--storage", default=None, help="a database URL several machines share, e.g. "
+                   "postgresql://user:pass@host/lab (default: SQLite in the sweep folder)")
+    p.add_argument("--sampler_seed", type=int, default=None, help="the sampler's seed (default: the config's seed)")
+    p = add("explain", "Explain a prediction: attribution heatmaps, attention maps, the logit lens; PNGs in "
+            "reports/explain/; --check runs the sanity checks (exit 1 if one fails).", cmd_explain)
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path, 'last', or a .ckpt file on its own")
+    p.add_argument("--input", default=None, help="a test-sample index (default 0), or for text models a prompt / a "
+                   "text to classify (a text of digits only reads as an index)")
+    p.add_argument("--method", action="append", default=None,
+                   help="integrated_gradients, saliency, occlusion, attention or logit_lens (repeatable; default: "
+                   "all the model's family supports)")
+    p.add_argument("--check", action="store_true",
+                   help="completeness, model randomisation and deletion-curve checks on the first test samples")
+    p.add_argument("--compressed", default=None, metavar="METHOD",
+                   help="explain this compressed artifact beside the original (int8-dynamic, prune, prune-structured, "
+                   "distill)")
+    p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
+    p = add("data", "Show or make a data set: `lab data speech` (the bundled spoken digits), with --generate "
+            "synthesized anew with espeak-ng.", cmd_data, runs_dir=False)
+    p.add_argument("dataset", choices=["speech"], help="speech: spoken digits made with espeak-ng")
+    p.add_argument("--generate", action="store_true", help="synthesize the clips with espeak-ng into a WAV folder")
+    p.add_argument("--out", default=None,
+                   help="folder for the WAVs (new or empty; default: the cache's speech/espeak-ng)")
+    p.add_argument("--voices", default=None, help="espeak-ng voice variants, comma-separated (default: the lab's 35)")
+    p.add_argument("--takes", type=int, default=3, help="versions of each word per voice (accent, speed, pitch drawn)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the accents, speeds and pitches drawn")
+    p.add_argument("--bundle", action="store_true", help="also rewrite the bundled copy (lab/data/bundled/speech.npz)")
     p = add("doctor", "Check this machine: versions, torch build, CPU, RAM, disk, GPUs, Jupyter; exit 1 if a check fails.",
             cmd_doctor)
     p.add_argument("--json", action="store_true", help="print the report as JSON (a stable document, schema lab.env/1)")

@@ -1,6 +1,6 @@
 """The one config shape behind the CLI, the notebooks' widgets and the dashboard.
 
-A config is YAML with ``model:``, ``data:``, ``trainer:`` and ``optimizer:`` sections
+A config is YAML with ``model:``, ``data:``, ``trainer:``, ``optimizer:`` and ``finetune:`` sections
 (plus ``experiment`` and ``seed``), overridden by dotted keys as LightningCLI does::
 
     from lab.config import load_config
@@ -12,9 +12,10 @@ A config is YAML with ``model:``, ``data:``, ``trainer:`` and ``optimizer:`` sec
 ``lab.families`` and ``lab.data``; the lab never imports a class named in a config, so a
 config file cannot make it run arbitrary code. Each section's dataclass validates its own
 values (``validate()``: the trainer section here, the optimizer's in ``lab.optim``, the
-model's and data's beside their code); ``validate`` below adds the checks across sections
-(the model's family against its data). Every refusal is a ``ConfigError`` naming the field,
-the value and the allowed range, raised before any work starts.
+fine-tuning one's in ``lab.finetune``, the model's and data's beside their code); ``validate``
+below adds the checks across sections (the model's family against its data, LoRA against the
+family). Every refusal is a ``ConfigError`` naming the field, the value and the allowed range,
+raised before any work starts.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ import yaml
 from lab.data import DATAMODULES
 from lab.families import family
 from lab.errors import ConfigError, LabError, require
+from lab.finetune import FinetuneConfig
+from lab.finetune import check as check_finetune
 from lab.optim import OptimizerConfig
 
 PRESETS_DIR = Path(__file__).parent / "configs"
@@ -143,6 +146,8 @@ class Config:
     """Trainer section."""
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     """Optimizer section."""
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    """Fine-tuning section: train every weight (full) or LoRA adapters on a frozen base (lab.finetune)."""
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data (lists, not tuples) ready for YAML and JSON."""
@@ -158,7 +163,7 @@ def plain(obj: Any) -> Any:
     return obj
 
 
-SECTIONS: dict[str, type] = {"trainer": TrainerConfig, "optimizer": OptimizerConfig}
+SECTIONS: dict[str, type] = {"trainer": TrainerConfig, "optimizer": OptimizerConfig, "finetune": FinetuneConfig}
 DEFAULT_MODEL = "gpt"
 """``model.name`` when a config names none (the lab's main job: a GPT on the bundled corpus)."""
 
@@ -379,6 +384,8 @@ def validate(cfg: Config) -> None:
     require(not cfg.trainer.activation_checkpointing or bool(fam.blocks), "trainer.activation_checkpointing",
            True, "false for this model", f"{fam.name} has no transformer blocks to recompute")
     cfg.optimizer.validate()
+    cfg.finetune.validate()
+    check_finetune(cfg.finetune, fam)  # LoRA needs the family to name its target layers
 
 
 def to_yaml(cfg: Config) -> str:

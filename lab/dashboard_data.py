@@ -439,6 +439,13 @@ def samples(run: Run) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: -r["step"])
 
 
+def pictures(run: Run) -> list[dict[str, Any]]:
+    """Pictures logged during training (TensorBoard images, e.g. a speech model's spectrograms): the newest
+    of each tag, as ``{"tag", "step", "png"}`` (PNG bytes)."""
+    images = read_events(run.path).images
+    return [{"tag": tag, "step": pts[-1][0], "png": pts[-1][2]} for tag, pts in sorted(images.items()) if pts]
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lab import runs
+from lab import ranking, runs
 from lab.config import Config, from_dict
 from lab.cost import Predict, cost, fixed_threads, num_params, state_bytes
 from lab.families import build_datamodule, family_of
@@ -37,8 +37,9 @@ from lab.errors import LabError
 from lab.fileio import (atomic_write, check_writable, quiet_tensorboard_writer_errors, read_only_run_advice,
                         storage_errors, write_json)
 
-KINDS = ("lm", "classifier", "regressor")
-PRIMARY = {"lm": ("loss", False), "classifier": ("accuracy", True), "regressor": ("mse", False)}
+KINDS = ("lm", "classifier", "regressor", "ranking")
+PRIMARY = {"lm": ("loss", False), "classifier": ("accuracy", True), "regressor": ("mse", False),
+           "ranking": ranking.PRIMARY}
 """Kind -> (the quality figure compression deltas are taken on, higher is better?)."""
 SPLITS = ("test", "val")
 REPORT_VERSION = 1
@@ -137,13 +138,15 @@ def quality(predict: Predict, dm: Any, split: str, kind: str, max_batches: int |
 
     - ``lm``: loss (nats/token), perplexity = exp(loss), bits per token and per character
     - ``classifier``: loss, accuracy, macro-F1, per-class precision/recall, confusion matrix
-      (rows: true class, columns: predicted)
+      (rows: true class, columns: predicted) and the class names in that order
     - ``regressor``: MSE, MAE, R²
 
     ``primary`` names the figure compression deltas use, and whether higher is better.
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if kind == "ranking":  # recommenders: recall/NDCG@10 and coverage beside popularity and random baselines
+        return ranking.quality(predict, dm, split, max_batches=max_batches, threads=threads)
     tokenizer = getattr(dm, "tokenizer", None)
     count_chars = kind == "lm" and tokenizer is not None and type(tokenizer).__name__ != "CharTokenizer"
     nll = 0.0
@@ -186,6 +189,7 @@ def quality(predict: Predict, dm: Any, split: str, kind: str, max_batches: int |
     elif kind == "classifier":
         q = _classification(torch.cat(preds), torch.cat(targets), _num_classes(dm, targets))
         q["loss"] = nll / n
+        q["class_names"] = class_names(dm, len(q["confusion_matrix"]))
     else:
         t = torch.cat(targets)
         ss_tot = float(((t - t.mean()) ** 2).sum())
@@ -198,8 +202,14 @@ def quality(predict: Predict, dm: Any, split: str, kind: str, max_batches: int |
 
 
 def _num_classes(dm: Any, targets: list[torch.Tensor]) -> int:
-    n = getattr(getattr(dm, "config", None), "num_classes", None)
+    n = getattr(dm, "num_classes", None) or getattr(getattr(dm, "config", None), "num_classes", None)
     return int(n) if n else int(max(int(t.max()) for t in targets)) + 1
+
+
+def class_names(dm: Any, k: int) -> list[str]:
+    """The DataModule's names for the ``k`` classes (``dm.class_names``), else ``"0"`` .. ``"k-1"``."""
+    names = [str(c) for c in getattr(dm, "class_names", None) or []]
+    return names if len(names) == k else [str(i) for i in range(k)]
 
 
 def _classification(pred: torch.Tensor, true: torch.Tensor, k: int) -> dict[str, Any]:
@@ -287,7 +297,8 @@ def write_report(run: runs.Run, report: dict[str, Any], log: bool = True) -> Pat
         if report["kind"] == "classifier":
             png = run.reports_dir / f"confusion-{label}.png"
             image = save_confusion_png(report["quality"]["confusion_matrix"], png,
-                                       title=f"{run.name} {label} ({report['split']})")
+                                       title=f"{run.name} {label} ({report['split']})",
+                                       labels=report["quality"].get("class_names"))
             report["confusion_png"] = str(png)
         path = write_json(run.eval_report(label), report)
         if log:
@@ -299,7 +310,8 @@ def scalar_figures(report: dict[str, Any]) -> dict[str, float]:
     """The report's headline numbers, flat: what TensorBoard and tables show."""
     q, c = report["quality"], report["cost"]
     keys = {"lm": ("loss", "perplexity", "bits_per_token", "bits_per_character"),
-            "classifier": ("loss", "accuracy", "macro_f1"), "regressor": ("mse", "mae", "r2")}[report["kind"]]
+            "classifier": ("loss", "accuracy", "macro_f1"), "regressor": ("mse", "mae", "r2"),
+            "ranking": ranking.SCALARS}[report["kind"]]
     out = {f"{report['split']}/{k}": float(q[k]) for k in keys}
     for name, entry in c["latency"].items():
         out[f"cost/latency_{name}_p50_ms"] = entry["p50_ms"]
@@ -327,14 +339,19 @@ def log_report(run: runs.Run, report: dict[str, Any], confusion: np.ndarray | No
         writer.close()
 
 
-def save_confusion_png(matrix: list[list[int]], path: Path, title: str = "") -> np.ndarray:
-    """Draw the confusion matrix with matplotlib, write it atomically; return the RGB image."""
+def save_confusion_png(matrix: list[list[int]], path: Path, title: str = "",
+                       labels: list[str] | None = None) -> np.ndarray:
+    """Draw the confusion matrix with matplotlib (``labels``: the class names on both axes), write it
+    atomically; return the RGB image."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     cm = np.asarray(matrix)
     k = len(cm)
-    fig = Figure(figsize=(1.2 + 0.45 * k, 1.0 + 0.45 * k), dpi=100)
+    names = labels or [str(i) for i in range(k)]
+    slant = max(map(len, names)) > 2  # words, not digits: slanted so neighbours do not overlap
+    margin = 0.07 * max(map(len, names)) if slant else 0.0  # inches for the names beside and below
+    fig = Figure(figsize=(1.2 + 0.45 * k + margin, 1.0 + 0.45 * k + margin), dpi=100)
     canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.imshow(cm, cmap="Blues")
@@ -344,8 +361,8 @@ def save_confusion_png(matrix: list[list[int]], path: Path, title: str = "") -> 
                     color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
+    ax.set_xticks(range(k), labels=names, rotation=30 if slant else 0, ha="right" if slant else "center")
+    ax.set_yticks(range(k), labels=names)
     ax.set_title(title, fontsize=8)
     fig.tight_layout()
     canvas.draw()

@@ -1,15 +1,17 @@
-"""Deployable artifacts: a run's model as ONNX, TorchScript or safetensors, with what it needs.
+"""Deployable artifacts: a run's model as ONNX, TorchScript, safetensors or a Hugging Face folder.
 
     from lab.export import export, load_safetensors
     folder = export(run, "safetensors")        # runs/<exp>/<run>/export/safetensors/
     model = load_safetensors(folder)           # a lab.models nn.Module, rebuilt with no pickle
     export(run, "onnx"); export(run, "torchscript")
+    export(run, "hf")                          # GPT-2 layout: transformers' from_pretrained loads it
 
 Every folder holds ``config.yaml`` (the run's resolved config, ``model.vocab_size`` filled
 in), ``tokenizer.json`` for text models, the weights, and a ``README.md`` with a small
 ``predict``/``generate`` example. The export is checked before it is kept: the artifact
 must reproduce the PyTorch model's outputs on real inputs (ONNX within
-``lab.compress.onnx.FP32_TOLERANCE``; TorchScript and safetensors exactly). It is built
+``lab.compress.onnx.FP32_TOLERANCE``; TorchScript, safetensors and hf exactly: an hf folder
+is read back with ``lab.hub``, the reader ``--model.init_from FOLDER`` uses). It is built
 in a temp folder beside the target and renamed into place when complete.
 
 safetensors refuses tensors that share memory; the GPT's tied embedding/LM-head matrix
@@ -18,6 +20,7 @@ is stored once by ``safetensors.torch.save_model`` and re-tied by ``load_model``
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 import warnings
@@ -28,15 +31,16 @@ import torch
 import yaml
 from torch import nn
 
-from lab import runs
+from lab import hub, runs
 from lab.compress.parity import max_abs_diff, parity_inputs
 from lab.config import from_dict
 from lab.families import ModelFamily, family_of
 from lab.errors import LabError
 from lab.fileio import atomic_write_text, check_writable, read_only_run_advice, storage_errors
 
-FORMATS = ("onnx", "torchscript", "safetensors")
-WEIGHTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors"}
+FORMATS = ("onnx", "torchscript", "safetensors", "hf")
+WEIGHTS = {"onnx": "model.onnx", "torchscript": "model.torchscript.pt", "safetensors": "model.safetensors",
+           "hf": "model.safetensors"}
 
 
 def export(run: runs.Run | str | Path, fmt: str, out: str | Path | None = None, ckpt: str = "best",
@@ -90,7 +94,7 @@ def _check_target(target: Path) -> None:
         if not above.is_dir():
             raise LabError(f"cannot write {target}: {above} is a file, not a folder; choose another --out")
         return
-    ours = {"README.md", "config.yaml", "tokenizer.json", *WEIGHTS.values()}
+    ours = {"README.md", "config.yaml", "config.json", "tokenizer.json", *WEIGHTS.values()}
     if not target.is_dir() or any(p.name not in ours for p in target.iterdir()):
         raise LabError(f"{target} exists and is not an earlier `lab export` folder: choose a new or empty folder")
 
@@ -128,7 +132,28 @@ def _write_safetensors(model: nn.Module, batches: list[torch.Tensor], path: Path
     return {"max_abs_diff": diff, "tolerance": 0.0}
 
 
-_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors}
+def _write_hf(model: nn.Module, batches: list[torch.Tensor], path: Path) -> dict[str, Any]:
+    """GPT-2's layout (``lab.hub.save_hf``); tokenizer.json becomes an HF one (a char vocabulary as WordLevel)."""
+    from lab.data.tokenizers import CharTokenizer, load_tokenizer
+    from lab.models.gpt import GPT
+
+    tokenizer = load_tokenizer(path.parent / "tokenizer.json") if (path.parent / "tokenizer.json").exists() else None
+    hub.save_hf(model, tokenizer, path.parent)
+    pre = hub.read_hf_folder(path.parent)
+    loaded = GPT(dataclasses.replace(pre.config, dropout=model.config.dropout)).eval()
+    hub.load_gpt(loaded, pre)
+    diff = max_abs_diff(model, loaded, batches)
+    if diff != 0.0:
+        raise LabError(f"the hf export read back gives other outputs (max abs difference {diff:.3g})")
+    char = isinstance(tokenizer, CharTokenizer)
+    return {"max_abs_diff": diff, "tolerance": 0.0, "note": (
+        "\nThis run's tokenizer is character-level, not GPT-2's byte-level BPE: `tokenizer.json` holds the same "
+        "characters as an HF WordLevel tokenizer (one piece per character). Load it with "
+        "`tokenizers.Tokenizer.from_file(\"tokenizer.json\")` or `lab.data.tokenizers.load_tokenizer`, not with "
+        "`GPT2Tokenizer`.\n") if char else ""}
+
+
+_WRITERS = {"onnx": _write_onnx, "torchscript": _write_torchscript, "safetensors": _write_safetensors, "hf": _write_hf}
 
 
 def load_safetensors(folder: str | Path) -> nn.Module:
@@ -162,16 +187,22 @@ def readme(fmt: str, run: runs.Run, fam: ModelFamily, shape: list[int], check: d
     head = (f"# {run.name} — {fmt} export\n\n{what}. Exported from `{run.name}` with `lab export`; "
             f"checked against PyTorch on real inputs (max abs difference {check['max_abs_diff']:.3g}, "
             f"tolerance {check['tolerance']:g}). Example input shape: {shape}.\n\n"
-            f"Files: `{WEIGHTS[fmt]}`, `config.yaml` (the resolved config)"
-            + (", `tokenizer.json` (what the ids mean)" if lm else "") + ".\n\n")
+            f"Files: `{WEIGHTS[fmt]}`, " + ("`config.json` (GPT-2's config), " if fmt == "hf" else "")
+            + "`config.yaml` (the resolved config)"
+            + (", `tokenizer.json` (what the ids mean)" if fam.tokenized else "") + ".\n\n")
     tok = ("from lab.data.tokenizers import load_tokenizer\n"
-           "tok = load_tokenizer(\"tokenizer.json\")\n") if lm else ""
+           "tok = load_tokenizer(\"tokenizer.json\")\n") if fam.tokenized else ""
     if fmt == "safetensors":
         load = ("from lab.export import load_safetensors\n"
                 "model = load_safetensors(\".\")          # config.yaml + model.safetensors, no pickle\n")
         call = "model"
     elif fmt == "torchscript":
         load = ("import torch\nmodel = torch.jit.load(\"model.torchscript.pt\")   # needs only torch\n")
+        call = "model"
+    elif fmt == "hf":
+        load = ("from transformers import AutoModelForCausalLM\n"
+                "hf = AutoModelForCausalLM.from_pretrained(\".\")   # config.json + model.safetensors (GPT-2)\n"
+                "def model(x):\n    return hf(x).logits\n")
         call = "model"
     else:
         load = ("import onnxruntime as ort\n"
@@ -194,14 +225,22 @@ def readme(fmt: str, run: runs.Run, fam: ModelFamily, shape: list[int], check: d
                 "    return tok.decode(ids[0].tolist())\n\n"
                 "print(generate(\"def \"))\n```\n")
     else:
-        example = "torch.randn(4, " + ", ".join(str(s) for s in shape[1:]) + ")"
-        post = ".argmax(-1)   # predicted classes" if fam.task == "classifier" else "   # predictions"
-        body = (f"```python\nimport torch\n{load}\n"
+        example = ("torch.tensor([tok.encode(\"A text to classify.\")])" if fam.tokenized  # ids of one text
+                   else "torch.tensor([0, 1, 2])" if fam.task == "ranking"  # user ids
+                   else "torch.randn(4, " + ", ".join(str(s) for s in shape[1:]) + ")")
+        post = {"classifier": ".argmax(-1)   # predicted classes",
+                "ranking": ".topk(10).indices   # each user's 10 best-scored items"}.get(fam.task, "   # predictions")
+        body = (f"```python\nimport torch\n{load}{tok}\n"
                 f"def predict(x: torch.Tensor) -> torch.Tensor:\n"
                 f"    with torch.no_grad():\n        return {call}(x){post}\n\n"
-                f"print(predict({example}))   # inputs normalised as in training (see config.yaml)\n```\n")
+                f"print(predict({example}))   "
+                + ("# class ids; model.labels in config.yaml names them" if fam.tokenized
+                   else "# inputs normalised as in training (see config.yaml)") + "\n```\n")
     extra = {"torchscript": "\n`torch.jit` is deprecated upstream in favour of `torch.export`; TorchScript files "
                             "still load with plain `torch.jit.load`.\n",
              "onnx": "\nExported with `torch.onnx.export(dynamo=False)`, opset 17.\n",
-             "safetensors": "\nThe GPT's tied embedding / LM-head matrix is stored once and re-tied on load.\n"}[fmt]
-    return head + body + extra
+             "safetensors": "\nThe GPT's tied embedding / LM-head matrix is stored once and re-tied on load.\n",
+             "hf": "\nA Hugging Face GPT-2 folder (`config.json`, `model.safetensors` with GPT-2's names and Conv1D "
+                   "layout; zero biases where the lab model has none). Train on from it with "
+                   "`lab fit --model.init_from <this folder>`.\n"}[fmt]
+    return head + body + extra + check.get("note", "")

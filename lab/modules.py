@@ -59,6 +59,38 @@ class LabModule(L.LightningModule):
         """What a checkpoint carries besides weights (the run's resolved config, its tokenizer's JSON),
         so ``lab evaluate/sample/compress/export`` work on the .ckpt file alone. Plain data only:
         ``torch.load(weights_only=True)`` reads it back."""
+        self.trainable_only = False
+        """Save and load only the trainable tensors (LoRA adapters, a new head) and buffers: set by
+        ``lab.families.build_module`` when the frozen base is rebuilt from ``model.init_from``, which the
+        config inside the checkpoint names. A LoRA checkpoint of a pretrained GPT-2 is then megabytes."""
+
+    def _frozen_keys(self, prefix: str = "") -> set[str]:
+        # Both spellings of each name: a wrapper (activation checkpointing) renames modules, and its
+        # hooks give the state dict the names a checkpoint holds, while loading reports its own.
+        state = super().state_dict(prefix=prefix, keep_vars=True)
+        return {k for k, v in state.items() if isinstance(v, nn.Parameter) and not v.requires_grad} | \
+            {prefix + n for n, p in self.named_parameters(remove_duplicate=False) if not p.requires_grad}
+
+    def state_dict(self, *args: Any, destination: Any = None, prefix: str = "", keep_vars: bool = False) -> Any:
+        """``nn.Module.state_dict``, less the frozen parameters when ``trainable_only`` (what checkpoints hold)."""
+        frozen = self._frozen_keys(prefix) if self.trainable_only else set()
+        state = super().state_dict(*args, destination=destination, prefix=prefix, keep_vars=keep_vars)
+        for key in frozen & set(state):
+            del state[key]
+        return state
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; with ``trainable_only``, the frozen parameters may be absent
+        (they came from ``model.init_from``), but every trainable tensor must be there under ``strict``."""
+        if not self.trainable_only:
+            return super().load_state_dict(state_dict, strict=strict, assign=assign)
+        result = super().load_state_dict(state_dict, strict=False, assign=assign)
+        frozen = self._frozen_keys()
+        missing = [k for k in result.missing_keys if k not in frozen]
+        if strict and (missing or result.unexpected_keys):
+            raise RuntimeError(f"Error(s) in loading state_dict for {type(self).__name__}: missing keys {missing}, "
+                               f"unexpected keys {result.unexpected_keys}")
+        return result._replace(missing_keys=missing)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.record:

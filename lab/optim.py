@@ -19,7 +19,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lab.errors import require
+from lab.errors import LabError, require
 
 OPTIMIZERS = ("adamw", "sgd")
 """The optimizers a config may name (the planner counts their states)."""
@@ -64,17 +64,25 @@ def build_optimizer(model: nn.Module, cfg: OptimizerConfig, device: torch.device
                     precision: str = "32-true") -> torch.optim.Optimizer:
     """AdamW with weight decay on matrices only (not biases, norms), or SGD with momentum.
 
+    Only trainable parameters are handed over: frozen ones (a LoRA base, ``lab.finetune``) get
+    no optimizer state and no decay. LoRA's A and B are matrices, so they decay, which pulls the
+    update B @ A towards zero, i.e. towards the pretrained model (as in Hu et al.'s GPT-2 runs).
+    An empty group (no biases or norms train under LoRA) is left out.
+
     ``precision``: the Trainer's. Under ``*-mixed`` AdamW is not fused: a fused optimizer
     unscales gradients inside its own step, so Lightning cannot clip them before it (it
     refuses with "does not allow for gradient clipping"), and the configs clip by default.
     """
     params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise LabError("the model has no trainable parameters (every one is frozen): nothing to optimize")
     if cfg.name == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
         {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
     ]
+    groups = [g for g in groups if g["params"]]
     # The fused kernel updates all tensors in one pass; on CPU it measured faster than the
     # foreach path too (benchmarks/train_throughput.py). Other devices keep the default.
     fused = device.type in ("cuda", "cpu") and not str(precision).endswith("-mixed")

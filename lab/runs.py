@@ -6,9 +6,10 @@
         checkpoints/           best.ckpt, last.ckpt
         tokenizer.json         text runs: what sampling and evaluation decode with
         summary.json           status, times, metrics, parameter count, throughput, environment
-        reports/               evaluation reports: eval-<ckpt>.json, confusion-<ckpt>.png
+        reports/               evaluation reports: eval-<ckpt>.json, confusion-<ckpt>.png; explain/ (lab explain)
         compressed/<method>/   compressed artifacts with report.json; comparison.json, pareto.png
         export/<format>/       deployable artifacts (onnx, torchscript, safetensors)
+    runs/<experiment>/sweeps/<name>/   a hyperparameter search (lab.sweep): study.db, base.yaml, space.yaml
 
 Usage::
 
@@ -47,6 +48,11 @@ STATUSES = ("running", "completed", "failed", "interrupted")
 CRASHED = "crashed"
 UNREADABLE = "unreadable"
 """``Run.status`` of a folder the lab cannot read (corrupt files) or refuses (a link out of the root)."""
+SWEEPS = "sweeps"
+"""``runs/<experiment>/sweeps/<name>/``: a hyperparameter search's study (``lab.sweep``), never a run;
+its trials are ordinary runs beside it."""
+SWEEP_STUDY = "study.db"
+"""A sweep folder's SQLite study (Optuna's storage): what makes a folder under ``sweeps/`` a sweep."""
 # libyaml's safe loader when PyYAML was built with it: same result, ~10x faster, and listing
 # hundreds of runs (lab runs, the dashboard) is mostly parsing config.yaml files.
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
@@ -149,6 +155,11 @@ class Run:
     def compressed_root(self) -> Path:
         """``compressed/``: one folder per method, plus comparison.json and pareto.png."""
         return self.path / "compressed"
+
+    @property
+    def explain_dir(self) -> Path:
+        """``reports/explain/``: what ``lab explain`` writes (PNGs and a JSON report per explained input)."""
+        return self.reports_dir / "explain"
 
     def eval_report(self, label: str) -> Path:
         """``reports/eval-<label>.json`` (label: best, last, or a checkpoint file's stem)."""
@@ -307,8 +318,33 @@ def _run_dirs(base: Path) -> list[Path]:
             children = list(exp.iterdir())
         except OSError:
             continue
-        found += [d for d in children if d.is_dir() and ((d / CONFIG).exists() or (d / SUMMARY).exists())]
+        found += [d for d in children if d.is_dir() and d.name != SWEEPS
+                  and ((d / CONFIG).exists() or (d / SUMMARY).exists())]
     return found
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+def sweep_dir(root: str | Path | None, experiment: str, name: str) -> Path:
+    """``runs/<experiment>/sweeps/<name>/``: the study (``study.db``), its base config and space.
+
+    The name becomes a folder: letters, digits, ``.``, ``_`` and ``-`` only (no ``..`` or ``/``).
+    """
+    for what, value in (("experiment", experiment), ("sweep name", name)):
+        if not isinstance(value, str) or not _NAME.fullmatch(value):
+            raise LabError(f"{what} {value!r} is not a valid name: use letters, digits, '.', '_' or '-' "
+                           "(up to 64, starting with a letter or digit)")
+    return runs_root(root) / experiment / SWEEPS / name
+
+
+def list_sweeps(root: str | Path | None = None) -> list[Path]:
+    """Every sweep folder under the root (those holding a study), by experiment then name."""
+    base = runs_root(root)
+    if not base.is_dir():
+        return []
+    return sorted(p.parent for p in base.glob(f"*/{SWEEPS}/*/{SWEEP_STUDY}") if not p.parent.is_symlink()
+                  and not _outside(p.parent, base.resolve()))
 
 
 def list_runs(root: str | Path | None = None) -> list[Run]:

@@ -2,7 +2,7 @@
 
     from lab.strategies import build_strategy, check_supported, notebook_switch
     cfg.trainer.strategy = notebook_switch(cfg.trainer.strategy)   # ddp -> ddp_notebook in Jupyter
-    check_supported(cfg)              # FSDP/DeepSpeed on CPU: LabError before any work
+    check_supported(cfg)              # FSDP/DeepSpeed on CPU, or with LoRA: LabError before any work
     strategy = build_strategy(cfg)    # "auto", DDPStrategy(timeout=...), FSDPStrategy(auto_wrap_policy={Block}, ...)
 
     ctx = launch_context()            # who am I (rank), and did a launcher (torchrun, srun) start us?
@@ -83,6 +83,13 @@ def check_supported(cfg: Any) -> None:
         # Lightning would quietly train in bf16-mixed instead: say so before any work.
         raise LabError("trainer.precision 16-mixed needs a GPU (fp16 autocast does not run on the CPU; Lightning would "
                        "silently switch to bf16-mixed): use --trainer.precision bf16-mixed on the CPU")
+    if t.strategy in SHARDED and cfg.finetune.lora:
+        # Not verified, and not needed: FSDP flattens each wrapped block's frozen weights and trainable
+        # adapters into one tensor (its gradient then covers the frozen part too), and the states LoRA
+        # trains are too small to be worth sharding.
+        raise LabError(f"strategy {t.strategy} with finetune.method lora is not supported: use --trainer.strategy ddp "
+                       "(only the adapters have gradients and optimizer states, so every device holding them "
+                       "costs little), or --finetune.method full to shard a full fine-tune")
     if t.strategy in SHARDED and not _uses_gpu(t.accelerator):
         raise LabError(f"strategy {t.strategy} needs GPUs (it shards the model across them) and this run is on CPU: "
                        "use --trainer.strategy ddp to train on several CPU processes, or run on a GPU machine")

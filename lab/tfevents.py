@@ -1,9 +1,10 @@
-"""A fast reader for a run's TensorBoard event files: scalar curves and text samples.
+"""A fast reader for a run's TensorBoard event files: scalar curves, text samples and pictures.
 
     from lab.tfevents import read_events
     ev = read_events("runs/gpt-nano/20261128-120000-ab12")
     ev.scalars["train/loss"]      # [(step, wall_time, value), ...] in file order
     ev.texts["samples/text_summary"]   # [(step, wall_time, "generated text"), ...]
+    ev.images["inputs/spectrograms"]   # [(step, wall_time, PNG bytes), ...]
 
 Why not ``lab.runs.scalars`` (TensorBoard's ``EventAccumulator``)? The accumulator builds
 reservoirs, plugin assets and a purge pass per record and costs about 10x more per file;
@@ -41,6 +42,8 @@ class Events:
     """``{tag: [(step, wall_time, value), ...]}``, files in name order (= creation order)."""
     texts: dict[str, list[tuple[int, float, str]]] = field(default_factory=dict)
     """Text summaries (generated samples): ``{tag: [(step, wall_time, text), ...]}``."""
+    images: dict[str, list[tuple[int, float, bytes]]] = field(default_factory=dict)
+    """Image summaries (``add_image``: pictures of inputs): ``{tag: [(step, wall_time, encoded PNG), ...]}``."""
 
 
 def event_files(run_dir: str | Path) -> list[Path]:
@@ -85,9 +88,9 @@ def _purge(series: dict[str, list], step: int, tags: Any = None) -> None:
 
 
 def read_events(run_dir: str | Path, texts: bool = True) -> Events:
-    """Every scalar (and, with ``texts``, every text summary) of a run's event files, purges applied."""
+    """Every scalar (and, with ``texts``, every text and image summary) of a run's event files, purges applied."""
     out = Events()
-    scal, txt = out.scalars, out.texts
+    scal, txt, img = out.scalars, out.texts, out.images
     parse = event_pb2.Event.FromString
     versioned, newest = False, -1
     for path in event_files(run_dir):
@@ -105,16 +108,16 @@ def read_events(run_dir: str | Path, texts: bool = True) -> Events:
                 versioned = _version(ev.file_version) >= 2
                 continue
             if versioned and ev.HasField("session_log") and ev.session_log.status == _START:
-                _purge(scal, step)
-                _purge(txt, step)
+                for series in (scal, txt, img):
+                    _purge(series, step)
                 continue
             if not ev.HasField("summary"):
                 continue
             if not versioned:
                 if step < newest:
                     tags = [v.tag for v in ev.summary.value]
-                    _purge(scal, step, tags)
-                    _purge(txt, step, tags)
+                    for series in (scal, txt, img):
+                        _purge(series, step, tags)
                 else:
                     newest = step
             wall = float(ev.wall_time)
@@ -122,6 +125,8 @@ def read_events(run_dir: str | Path, texts: bool = True) -> Events:
                 kind = v.WhichOneof("value")
                 if kind == "simple_value":
                     scal.setdefault(v.tag, []).append((step, wall, float(v.simple_value)))
+                elif kind == "image" and texts:
+                    img.setdefault(v.tag, []).append((step, wall, bytes(v.image.encoded_image_string)))
                 elif kind == "tensor":
                     plugin = v.metadata.plugin_data.plugin_name
                     t = v.tensor

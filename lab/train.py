@@ -39,7 +39,7 @@ from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, Mode
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from lab import env, failures, preflight, procs, runs, strategies
+from lab import env, failures, hub, preflight, procs, runs, strategies
 from lab.callbacks import FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput
 from lab.checkpoints import AtomicCheckpointIO, load_checkpoint, newest_intact
 from lab.config import Config, flatten, from_dict, validate
@@ -125,7 +125,7 @@ def fit(config: Config | dict[str, Any] | None = None, runs_root: Any = None, ca
     The phases: refuse what cannot work, prepare data and model, open the run, train and close.
     """
     cfg = _checked(config, resume)  # nothing is written before this returns
-    ctx, dm, module, start = _prepare(cfg, resume)
+    ctx, dm, module, start = _prepare(cfg, resume, runs_root)
     run = _agree_on_run(cfg, ctx, dm, module, runs_root, resume)
     session = _open(cfg, ctx, dm, module, run, start, [*callbacks], progress, stop)
     return _train(session, test)
@@ -138,6 +138,8 @@ class _Start:
     ckpt_path: Path | None = None
     step: int | None = None
     notes: list[str] = field(default_factory=list)
+    lineage: dict[str, Any] | None = None
+    """Where a fresh run's weights came from (``model.init_from``: ``lab.hub``); None = random init."""
 
 
 @dataclass
@@ -179,12 +181,15 @@ def _checked(config: Config | dict[str, Any] | None, resume: runs.Run | None) ->
     return cfg
 
 
-def _prepare(cfg: Config, resume: runs.Run | None) -> tuple[strategies.LaunchContext, L.LightningDataModule,
-                                                             LabModule, _Start]:
+def _prepare(cfg: Config, resume: runs.Run | None, runs_root: Any = None) -> tuple[
+        strategies.LaunchContext, L.LightningDataModule, LabModule, _Start]:
     """Phase 2: the data (rank 0 prepares it, the others wait), the model, and the checkpoint to continue from."""
     ctx = strategies.launch_context()
     if ctx.external:
         strategies.init_early(cfg)  # torchrun/srun: the group forms now, so rank 0 can share the folder
+    init_from = getattr(cfg.model, "init_from", None) if resume is None else None  # a resume has its weights
+    if init_from:  # a source that cannot start this model is refused before any data is read
+        cfg.model = hub.resolve(cfg, runs_root)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = build_datamodule(cfg)
     failure: Exception | None = None
@@ -209,13 +214,14 @@ def _prepare(cfg: Config, resume: runs.Run | None) -> tuple[strategies.LaunchCon
     if fam.complete is not None:  # what the data decides (a vocabulary) goes into the run's resolved config
         cfg.model = fam.complete(cfg.model, dm)
     module = build_module(cfg, dm)
+    lineage = hub.lineage(init_from, runs_root) if init_from else None  # build_module loaded the weights
     if cfg.trainer.activation_checkpointing and cfg.trainer.strategy != "fsdp":
         strategies.checkpoint_blocks(module.model, fam.blocks)  # FSDP does its own, per wrapped block
     if cfg.trainer.compile:
         # In place (nn.Module.compile): the model's state-dict keys stay the same, so checkpoints
         # load into an uncompiled model; compiling the whole LightningModule trips on self.log.
         module.model.compile()
-    start = _Start()
+    start = _Start(lineage=lineage)
     if resume is not None:
         start.ckpt_path, start.notes = newest_intact(resume.path)
         state = load_checkpoint(start.ckpt_path)
@@ -245,8 +251,11 @@ def _open(cfg: Config, ctx: strategies.LaunchContext, dm: L.LightningDataModule,
     if start.ckpt_path is None:
         fields.update(
             experiment=run.experiment, run_id=run.run_id, started_at=runs.now_iso(),
-            model={"name": cfg.model.name, "params": int(sum(p.numel() for p in module.model.parameters()))},
+            model={"name": cfg.model.name, "params": int(sum(p.numel() for p in module.model.parameters())),
+                   "trainable": int(sum(p.numel() for p in module.model.parameters() if p.requires_grad))},
             global_batch=gb, strategy=cfg.trainer.strategy, baseline=_baseline(dm), env=env.fingerprint())
+        if start.lineage is not None:
+            fields["lineage"] = start.lineage
     else:
         fields["resumed"] = [*run.summary.get("resumed", []), {"at": runs.now_iso(), "from": start.ckpt_path.name,
                                                                "step": start.step, "skipped": start.notes}]

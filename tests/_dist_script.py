@@ -6,7 +6,8 @@ Trains with ``lab.train.fit`` and writes, per global rank, ``OUT/rank<r>.pt``: t
 parameters, the world size and the run folder that rank used. ``LAB_TEST_KILL_RANK=r``
 SIGKILLs rank r at step 5 (the dead-rank test); ``LAB_TEST_STOP_RANK=r`` SIGSTOPs it
 there after writing its pid to ``OUT/stopped.pid`` (the hung-rank test);
-``LAB_TEST_PREPARE_FAILS=1`` makes global rank 0's ``prepare_data`` raise (the data-prep test).
+``LAB_TEST_PREPARE_FAILS=1`` makes global rank 0's ``prepare_data`` raise (the data-prep test);
+``LAB_TEST_PRESET`` names the preset to train (default ``seed-mlp``; the LoRA test trains a GPT).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def main(argv: list[str]) -> None:
             raise DataError("injected: the cache folder is full")
 
         ArrayDataModule.prepare_data = fail  # type: ignore[method-assign]
-    fit(load_config("seed-mlp", overrides), runs_root=runs_dir, callbacks=[Dump(out)], progress=False, test=False)
+    preset = os.environ.get("LAB_TEST_PRESET", "seed-mlp")
+    fit(load_config(preset, overrides), runs_root=runs_dir, callbacks=[Dump(out)], progress=False, test=False)
 
 
 if __name__ == "__main__":

@@ -84,8 +84,17 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     (files / "empty.yaml").write_text("")
     (files / "comments.yaml").write_text("# only a comment: as empty as an empty file\n")
     (files / "list.yaml").write_text("- model\n- data\n")
+    # Search spaces for `lab sweep` (issue 25): one good, and one of each kind of mistake.
+    (files / "space.yaml").write_text("optimizer.lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    (files / "space_unknown.yaml").write_text("optimizer.lrr: {low: 1.0e-4, high: 1.0e-2}\n")
+    (files / "space_empty_range.yaml").write_text("optimizer.lr: {low: 1.0e-2, high: 1.0e-4}\n")
+    (files / "space_wrong_type.yaml").write_text("model.n_layer: {low: 1.5, high: 4}\n")
+    (files / "space_refused.yaml").write_text("optimizer.lr: {low: -1, high: 1.0e-2}\n")
+    (files / "space_choice.yaml").write_text("optimizer.schedule: [cosine, linear]\n")
+    (files / "space_family.yaml").write_text("model.name: [gpt, cnn]\n")
     (files / "export-here").mkdir()
     (files / "export-here" / "notes.txt").write_text("a user's own folder: never replaced by an export")
+    _speech_folders(files)
     # A copy of the GPT run that was interrupted (so it may be resumed), under another experiment.
     paused = root / "paused" / gpt.run_id
     shutil.copytree(gpt.path, paused)
@@ -267,6 +276,15 @@ CASES: list[Any] = [
     ("launch --nodes 2 --gpus-per-node 2 -- lab fit --trainer.num_nodes 3", "num_nodes"),
     ("launch --nodes 2 --gpus-per-node 2 --out {files} -- lab fit", "is a folder"),
     ("launch --nodes 2 --gpus-per-node 2 --out {files}/a_file/launch.sh -- lab fit", "a_file"),
+    # explain (issue 23): refused before anything is explained or written
+    ("explain {gpt} --input 99999 --runs_dir {root}", "give an index from 0 to"),
+    ("explain {gpt} --input " + "e" * 40 + " --runs_dir {root}", "40 tokens long"),  # the model reads 32
+    ("explain {mlp} --input seven --runs_dir {root}", "test-sample index"),
+    ("explain {mlp} --input -1 --runs_dir {root}", "index >= 0"),
+    ("explain {gpt} --method saliency --runs_dir {root}", "supports integrated_gradients"),
+    ("explain {gpt} --compressed onnx --runs_dir {root}", "--compressed onnx"),
+    ("explain {gpt} --compressed int8-dynamic --runs_dir {root}", "no int8-dynamic artifact"),
+    ("explain no-such-run --runs_dir {root}", "no-such-run"),
     # doctor
     ("doctor --runs_dir {files}/a_file", "a_file", 1),  # documented: a failed check, shown in its report
     ("doctor --frobnicate", "--frobnicate"),
@@ -276,6 +294,68 @@ CASES: list[Any] = [
     ("dashboard --port http", "--port"),
     # no such command
     ("train --config gpt-nano", "train"),
+    # sweep (issue 25): the space, the options and the config, refused before any trial
+    ("sweep --space {files}/space_unknown.yaml", "optimizer.lrr"),
+    ("sweep --space {files}/space_empty_range.yaml", "low < high"),
+    ("sweep --space {files}/space_wrong_type.yaml", "whole number"),
+    ("sweep --space {files}/space_refused.yaml", "optimizer.lr"),
+    ("sweep --space {files}/space_choice.yaml", "optimizer.schedule"),
+    ("sweep --space {files}/space_family.yaml", "model.name"),
+    ("sweep --space {files}/missing.yaml", "missing.yaml"),
+    ("sweep --space {files}/empty.yaml", "is empty"),
+    ("sweep --space {files}/malformed.yaml", "YAML"),
+    ("sweep --space {files}/python_tag.yaml", "python"),
+    ("sweep --space {files}/list.yaml", "mapping"),
+    ("sweep --space {files}", "is a folder"),
+    ("sweep --trials 3", "--space"),
+    ("sweep --space {files}/space.yaml --trials 0", "--trials"),
+    ("sweep --space {files}/space.yaml --trials many", "--trials"),
+    ("sweep --space {files}/space.yaml --jobs 0", "--jobs"),
+    ("sweep --space {files}/space.yaml --sampler grid", "--sampler"),
+    ("sweep --space {files}/space.yaml --pruner hyperband", "--pruner"),
+    ("sweep --space {files}/space.yaml --name ../escape", "sweep name"),
+    ("sweep --space {files}/space.yaml --storage nonsense", "--storage"),
+    ("sweep --space {files}/space.yaml --storage sqlite:///{files}/a_file/study.db", "storage"),
+    ("sweep --space {files}/space.yaml --trainer.devices 2 --trainer.accelerator cpu", "one device"),
+    ("sweep --space {files}/space.yaml --trainer.max_steps 10", "val_check_interval"),
+    ("sweep --space {files}/space.yaml --optimizer.lr -1", "optimizer.lr"),
+    ("sweep --space {files}/space.yaml --config no-such-preset", "no-such-preset"),
+    ("sweep --space {files}/space.yaml --runs_dir {files}/a_file", "a_file"),
+]
+
+
+
+
+def _speech_folders(files: Path) -> None:
+    """Folders of WAV files per label, each with one thing wrong (for the speech cases below)."""
+    import struct
+
+    from lab.data.audio import wav_bytes
+
+    good = wav_bytes([0.1, -0.1] * 2000, 8000)
+    for name in ("speech-not-audio", "speech-rate-0", "speech-empty-label"):
+        for label in ("yes", "no"):
+            (files / name / label).mkdir(parents=True)
+            (files / name / label / "spk1_nohash_0.wav").write_bytes(good)
+    (files / "speech-not-audio" / "yes" / "spk2_nohash_0.wav").write_text("a text file saved as .wav")
+    header = bytearray(good)
+    header[24:28] = struct.pack("<I", 0)  # the fmt chunk's sample rate
+    (files / "speech-rate-0" / "no" / "spk2_nohash_0.wav").write_bytes(bytes(header))
+    (files / "speech-empty-label" / "maybe").mkdir()
+
+
+CASES += [
+    # speech: the audio folder and its settings (refused before any feature is cached or run made)
+    ("fit --config speech-cnn --data.path {files}/speech-not-audio", "not a PCM WAV"),
+    ("fit --config speech-cnn --data.path {files}/speech-rate-0", "sample rate is 0"),
+    ("fit --config speech-cnn --data.path {files}/speech-empty-label", "maybe holds no .wav files"),
+    ("fit --config speech-cnn --data.path {files}/missing-folder", "data.path"),
+    ("fit --config speech-cnn --data.n_mels 32", "model.image_size"),
+    ("fit --config speech-cnn --data.n_mels 400", "data.n_mels"),
+    ("fit --config speech-cnn --data.sample_rate 0", "data.sample_rate"),
+    ("data speech --generate --takes 0", "takes"),
+    ("data speech --generate --out {files}/a_file", "a_file"),
+    ("data recipes", "recipes"),
 ]
 
 
@@ -371,7 +451,7 @@ def test_there_are_at_least_eighty_cases_across_every_command() -> None:
     assert len(CASES) + len(DASHBOARD_CASES) >= 80
     commands = {_values(c)[0].split()[0] for c in CASES}
     assert commands >= {"fit", "quickstart", "runs", "sample", "evaluate", "compress", "export", "doctor", "plan",
-                        "launch"}
+                        "launch", "sweep"}
 
 
 @pytest.mark.slow
@@ -391,3 +471,40 @@ def test_resuming_from_best_because_last_is_truncated_says_so(world: dict[str, s
     assert notes[0].endswith(f"resuming from best.ckpt (step {best_step})")
     resumed = runs.load_run(run_dir).summary["resumed"][-1]
     assert resumed["from"] == "best.ckpt" and resumed["step"] == best_step
+
+
+# --------------------------------------------------------------------------- ratings files (recommenders)
+
+RATINGS_FILES = {
+    "missing_column.tsv": "1\t10\t5\t881250949\n2\t20\t3\n",          # line 2 has no timestamp
+    "no_timestamp.csv": "userId,movieId,rating\n1,10,5\n",               # a header without the column
+    "user_name.tsv": "1\t10\t5\t881250949\nalice\t20\t3\t881250950\n",  # a user id that is not an integer
+}
+RATINGS_CASES = [
+    ("fit --config recommender-mf --data.path {ratings}/missing_column.tsv", "line 2 has 3 columns"),
+    ("fit --config recommender-mf --data.path {ratings}/no_timestamp.csv", "no timestamp column"),
+    ("fit --config recommender-mf --data.path {ratings}/user_name.tsv", "user id 'alice' is not an integer"),
+    ("fit --config recommender-mf --data.path {ratings}/absent.zip", "data.path"),
+    ("fit --config recommender-mf --data.url https://example.org/ml-100k.zip", "data.sha256"),
+    ("fit --config recommender-mf --model.kind svd", "model.kind"),
+    ("fit --config recommender-mf --data.test_fraction 2", "data.test_fraction"),
+    ("plan --config recommender-mf --data.path {ratings}/user_name.tsv", "not an integer"),
+]
+
+
+@pytest.mark.parametrize("line,needle", RATINGS_CASES, ids=[c[0][len("fit --config "):][:70] for c in RATINGS_CASES])
+def test_bad_ratings_input_is_refused_cleanly(line: str, needle: str, tmp_path: Path, capsys: pytest.CaptureFixture,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    root, ratings = tmp_path / "runs", tmp_path / "ratings"
+    ratings.mkdir()
+    for name, text in RATINGS_FILES.items():
+        (ratings / name).write_text(text)
+    root.mkdir()
+    monkeypatch.setenv("LAB_RUNS_DIR", str(root))
+    before, files_before = tree_hash(root), tree_hash(ratings)
+    code = main(line.format(ratings=ratings).split())
+    err = capsys.readouterr().err
+    errors = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(errors) == 1 and errors[0].startswith("error: "), f"{line}: {code}\n{err}"
+    assert_one_line_refusal(errors[0], needle, line)
+    assert tree_hash(root) == before and tree_hash(ratings) == files_before, f"{line} changed files"

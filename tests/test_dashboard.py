@@ -566,3 +566,81 @@ def test_browser_compare_and_evaluate(server, bad_root, browser_page, tmp_path: 
     assert (root / a / "reports" / "eval-best.json").is_file()
     assert [j.root for j in jobs.list_jobs(root)] == [str(root.resolve())]  # the job ran in the server's root
     assert (tmp_path / "compare.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_browser_sweep_page(server, bad_root, browser_page) -> None:
+    """The Sweep page (issue 25) over a real 2-trial `lab sweep`, in its own experiment, removed afterwards."""
+    from lab.sweep import sweep
+
+    url, _, _ = server
+    root, _ = bad_root
+    tiny = {"experiment": "sweep-check", "trainer.max_steps": 10, "trainer.val_check_interval": 5,
+            "trainer.limit_val_batches": 2, "model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2,
+            "model.block_size": 32, "trainer.checkpoint_every_n_steps": None}
+    try:
+        result = sweep("gpt-nano", {"optimizer.lr": {"low": 1e-3, "high": 3e-2, "log": True}}, trials=2,
+                       overrides=tiny, runs_root=root, name="lr", pruner="none", echo=None)
+        page = browser_page
+        page.goto(f"{url}/Sweep?sweep=sweep-check/lr", timeout=60_000)
+        page.wait_for_selector("[data-testid='stVegaLiteChart'] canvas, [data-testid='stVegaLiteChart'] svg",
+                               timeout=90_000)
+        _no_exception(page, "Trials")
+        assert page.locator("[data-testid='stVegaLiteChart']").count() >= 3  # history, values per step, parallel
+        assert "2 / 2" in page.locator("[data-testid='stMetric']").first.inner_text()
+        best_run = result.best["run"]
+        assert f"lab fit --config {root / best_run / 'config.yaml'}" in page.locator("[data-testid='stCode']").inner_text()
+        assert page.get_by_role("link", name="Sweep").count() >= 1  # in the sidebar navigation
+        page.goto(f"{url}/Sweep?sweep=../../etc", timeout=60_000)
+        _no_exception(page, "no sweep ../../etc under this runs folder")
+    finally:
+        shutil.rmtree(root / "sweep-check", ignore_errors=True)  # the other tests' runs folder as it was
+
+
+# --------------------------------------------------------------------------- issue 23: the Explain section
+
+
+def test_run_page_explains_a_test_sample_and_a_prompt(app, root: Path) -> None:
+    [mlp, _] = names(root, "seed-mlp")
+    at = app("run.py", run=mlp)
+    assert not at.exception and "Explain" in [h.value for h in at.subheader]
+    at.number_input(key="explain-index").set_value(2)
+    at.button(key="explain-go").click().run()
+    assert not at.exception and not at.error, texts(at)
+    assert "explaining output 0" in texts(at) and len(at.get("image")) >= 1  # bars over the 10 features
+    at.number_input(key="explain-index").set_value(10**6).run()
+    at.button(key="explain-go").click().run()
+    assert any("give an index from 0 to" in unescape(e.value) for e in at.error)  # one line, no traceback
+    [gpt] = names(root, "gpt-nano")
+    at = app("run.py", run=gpt)
+    at.text_input(key="explain-text").set_value("The pass")
+    at.button(key="explain-go").click().run()
+    assert not at.exception and not at.error, texts(at)
+    lens = next(d.value for d in at.dataframe if "layer" in d.value.columns)
+    assert list(lens["layer"]) == ["embeddings", "block 1"]  # a 1-layer GPT: the embeddings, then its block
+    assert len(at.get("image")) >= 3  # token heatmap, attention maps, logit lens
+
+
+@pytest.mark.slow
+def test_browser_explain_section(server, bad_root, browser_page, tmp_path: Path) -> None:
+    url, _, _ = server
+    root, _ = bad_root
+    [gpt] = names(root, "gpt-nano")
+    page = browser_page
+    page.goto(f"{url}/Run?run={gpt}", timeout=60_000)
+    _no_exception(page, "the same pictures with")  # the section's caption: the page has run to its end
+    if page.get_by_role("dialog").count():  # Streamlit's "Page not found" notice on a first, slow load
+        page.keyboard.press("Escape")  # (it makes everything behind it inert)
+    box = page.get_by_label("Text (a language model's prompt)")
+    box.fill("The pass", timeout=120_000)
+    box.press("Enter")
+    page.get_by_role("button", name="Explain").click(timeout=120_000)
+    _no_exception(page, "what each layer predicts next")  # the logit-lens table's heading
+    for caption in ("attribution heatmaps", "attention weights per layer and head"):
+        page.get_by_text(caption).first.wait_for(timeout=60_000)
+    assert page.locator("[data-testid='stMain'] img").count() >= 3  # heatmap, attention maps, logit lens
+    body = page.inner_text("body")
+    assert "explaining" in body and "likeliest" in body
+    assert page.locator("[data-testid='stDataFrame']").count() >= 1  # the logit-lens table (a canvas grid)
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+    assert not (root / gpt / "reports" / "explain").exists()  # the page explains; it writes nothing

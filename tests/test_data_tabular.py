@@ -60,7 +60,7 @@ def test_bad_regression_config(field: str, value) -> None:
 
 
 def test_registry_names_match_configs() -> None:
-    assert set(DATAMODULES) == {"text", "digits", "regression"}
+    assert set(DATAMODULES) == {"text", "digits", "regression", "labelled-text", "speech", "ratings"}
     for name, (config_cls, module_cls) in DATAMODULES.items():
         assert dataclasses.is_dataclass(config_cls) and config_cls().name == name
         assert hasattr(module_cls, "train_dataloader")

@@ -356,3 +356,20 @@ def test_token_windows_pickle_reopens_memmap(corpus_file) -> None:
 def test_corpus_fingerprint_needs_no_network_for_url() -> None:
     config = TextDataConfig(url="http://unreachable.invalid/x.txt", sha256="A" * 64)
     assert corpus_mod.corpus_fingerprint(config) == "url:" + "a" * 64
+
+
+def test_a_given_tokenizer_is_used_and_keys_the_cache(corpus_file) -> None:
+    # A pretrained model's tokenizer (model.init_from): nothing is trained, data.tokenizer is ignored.
+    given = CharTokenizer(TEXT + "#")  # one character the corpus lacks: not what training would give
+    dms = [TextDataModule(TextDataConfig(path=str(corpus_file), tokenizer=kind), block_size=16, tokenizer=given)
+           for kind in ("char", "bpe")]
+    for dm in dms:
+        dm.prepare_data()
+        dm.setup()
+    assert dms[0].cache_path == dms[1].cache_path  # the tokenizer's content keys it, not data.tokenizer
+    assert dms[0].cache_path != make_dm(corpus_file)._locate()
+    assert dms[0].tokenizer.to_json() == given.to_json() and dms[0].vocab_size == given.vocab_size
+    ids = np.concatenate([np.asarray(dms[0].splits[s]) for s in ("train", "val", "test")])
+    assert given.decode(ids.tolist()) == TEXT
+    other = TextDataModule(TextDataConfig(path=str(corpus_file)), block_size=16, tokenizer=CharTokenizer(TEXT + "%"))
+    assert other._locate() != dms[0].cache_path

@@ -139,3 +139,35 @@ def test_load_missing_or_binary_refused(tmp_path) -> None:
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(DataError):
         load_tokenizer(tmp_path / "bin.json")
+
+
+def test_char_tokenizer_as_an_hf_tokenizer_round_trips(corpus: str, tmp_path) -> None:
+    # What `lab export --format hf` writes for a character-level run, and reads back.
+    char = CharTokenizer(corpus)
+    hf = char.to_hf()
+    text = corpus[1000:3000]
+    assert hf.encode(text).ids == char.encode(text) and hf.decode(char.encode(text)) == text
+    hf.save(str(tmp_path / "tokenizer.json"))
+    back = load_tokenizer(tmp_path / "tokenizer.json")
+    assert isinstance(back, CharTokenizer) and back.chars == char.chars
+    with pytest.raises(Exception):
+        hf.encode("日")  # an unseen character fails, as CharTokenizer's does, instead of becoming another
+
+
+def test_an_hf_folder_tokenizer_from_vocab_and_merges_keeps_end_of_text_whole(corpus: str, tmp_path) -> None:
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as HFTokenizer
+
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer, hf.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    hf.train_from_iterator([corpus], trainers.BpeTrainer(vocab_size=400, special_tokens=[tk.GPT2_END_OF_TEXT],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    hf.model.save(str(tmp_path))  # GPT-2's pair: vocab.json + merges.txt, no tokenizer.json
+    assert tk.load_hf_tokenizer(tmp_path / "nothing-here") is None
+    tok = tk.load_hf_tokenizer(tmp_path)
+    text = corpus[5000:6000] + tk.GPT2_END_OF_TEXT + UNSEEN
+    ids = tok.encode(text)
+    assert ids == hf.encode(text, add_special_tokens=False).ids and tok.decode(ids) == text
+    assert ids.count(hf.token_to_id(tk.GPT2_END_OF_TEXT)) == 1
+    (tmp_path / "tokenizer.json").write_text(hf.to_str())  # when both are there, tokenizer.json wins
+    assert tk.load_hf_tokenizer(tmp_path).to_json() == hf.to_str()

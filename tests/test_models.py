@@ -85,6 +85,17 @@ def test_gpt_refuses_missing_vocab_size(vocab_size):
     assert err.value.field == "model.vocab_size"
 
 
+def test_gpt_activation_picks_the_exact_or_the_tanh_gelu():
+    # GPT-2's weights were trained with the tanh approximation (its gelu_new): lab.hub sets gelu_tanh.
+    x = torch.linspace(-4, 4, 101)
+    for activation, approximate in (("gelu", "none"), ("gelu_tanh", "tanh")):
+        mlp = GPT(GPTConfig(vocab_size=8, n_layer=1, activation=activation)).transformer.h[0].mlp
+        assert torch.equal(mlp.gelu(x), F.gelu(x, approximate=approximate))
+    assert GPTConfig().activation == "gelu"  # the default is unchanged
+    with pytest.raises(ConfigError, match="model.activation"):
+        GPTConfig(vocab_size=8, activation="relu").validate()
+
+
 def test_gpt_flops_per_token_matches_hand_count():
     model = tiny_gpt(bias=False)  # V=17, T=16, L=2, C=32
     V, T, L, C = 17, 16, 2, 32
@@ -168,6 +179,18 @@ def test_cnn_accepts_list_and_many_stages():
     assert cfg.channels == (8, 8, 8, 8, 8)
     model = CNN(cfg).eval()  # more stages than 8x8 can be halved: pooling stops at 1x1
     assert model(torch.randn(2, 1, 8, 8)).shape == (2, 3)
+
+
+def test_cnn_reads_non_square_inputs_such_as_spectrograms():
+    cfg = CNNConfig(channels=(16, 32, 64), image_size=40, image_width=41)
+    model = CNN(cfg).eval()
+    assert cfg.width == 41 and CNNConfig().width == 8
+    assert model(torch.randn(2, 1, 40, 41)).shape == (2, 10)
+    assert model.head[1].in_features == 64 * 5 * 5  # 40x41 -> 20x20 -> 10x10 -> 5x5 (floor)
+    with pytest.raises(ConfigError, match="model.image_width"):
+        CNN(CNNConfig(image_width=0))
+    tall = CNN(CNNConfig(channels=(4, 4, 4), image_size=8, image_width=2)).eval()  # pooling stops at 1 px wide
+    assert tall.head[1].in_features == 4 * 4 * 1 and tall(torch.randn(1, 1, 8, 2)).shape == (1, 10)
 
 
 def test_vit_shape_and_parameter_count():

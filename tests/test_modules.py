@@ -37,6 +37,39 @@ def test_adamw_decays_matrices_only() -> None:
     assert isinstance(sgd, torch.optim.SGD) and sgd.defaults["momentum"] == 0.5
 
 
+@pytest.mark.parametrize("name", ["adamw", "sgd"])
+def test_frozen_parameters_get_no_gradient_and_no_optimizer_state(name: str) -> None:
+    from lab.families import family
+    from lab.finetune import FinetuneConfig, apply
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, n_layer=2, n_head=2, n_embd=8, block_size=4, bias=True))
+    # LoRA on attention, and a LayerNorm left trainable: a 1-D parameter, so the no-decay group is exercised too.
+    apply(model, FinetuneConfig(method="lora", rank=2), family("gpt"))
+    model.transformer.ln_f.requires_grad_(True)
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    before = [p.detach().clone() for p in frozen]
+    opt = build_optimizer(model, OptimizerConfig(name=name, weight_decay=0.1), torch.device("cpu"))
+    for _ in range(2):
+        x = torch.randint(0, 11, (3, 4))
+        LanguageModel.loss(model(x), x).backward()
+        opt.step()
+        opt.zero_grad(set_to_none=False)
+    handed = {id(p) for g in opt.param_groups for p in g["params"]}
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert handed == {id(p) for p in trainable} and frozen  # the optimizer never sees a frozen one
+    assert all(p.grad is None for p in frozen) and all(p.grad is not None for p in trainable)
+    assert {id(p) for p in opt.state} == {id(p) for p in trainable}  # moments / momentum buffers: trainable only
+    assert all(torch.equal(p, b) for p, b in zip(frozen, before))  # weight decay did not touch them either
+    if name == "adamw":
+        decay, no_decay = opt.param_groups  # LoRA's A and B decay (matrices); the norm does not
+        assert {p.dim() for p in decay["params"]} == {2} and {p.dim() for p in no_decay["params"]} == {1}
+        lora_only = build_optimizer(apply(GPT(GPTConfig(vocab_size=11, n_layer=1, n_head=2, n_embd=8, block_size=4)),
+                                          FinetuneConfig(method="lora"), family("gpt")),
+                                    OptimizerConfig(), torch.device("cpu"))
+        assert len(lora_only.param_groups) == 1  # nothing 1-D trains: no empty group
+
+
 def test_language_model_initial_loss_near_uniform() -> None:
     torch.manual_seed(0)
     vocab = 50

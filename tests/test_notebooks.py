@@ -28,7 +28,7 @@ from lab.widgets.workshop import tiny
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 SERIES = ["00_environment", "01_data", "02_model", "03_train", "04_optimization", "05_distributed", "06_evaluate",
-          "07_compress", "08_vision_and_tabular"]
+          "07_compress", "08_vision_and_tabular", "09_finetune", "10_speech", "11_recommend", "12_explain"]
 
 
 def _text(nb: nbformat.NotebookNode) -> str:
@@ -164,6 +164,81 @@ def _check_08(nb, root: Path) -> None:
     assert _loss_fell(_runs(root, "seed-mlp")[0])
     # The MLP's panel hides the GPT fields, shows its hidden layers and counts its 10 -> 20 -> 1 weights.
     assert "n_head shown for the MLP: False | hidden layers: 20 | 241 parameters" in _text(nb)
+
+
+def _check_09(nb, root: Path) -> None:
+    (base,) = _runs(root, "gpt-nano")  # the refused wider model left no run folder behind
+    (lora,) = _runs(root, "gpt-nano-lora")
+    assert base.status == lora.status == "completed" and lora.config["finetune"]["method"] == "lora"
+    assert lora.config["model"]["init_from"] == str(base.path) and lora.summary["lineage"]["run"] == base.name
+    # The LoRA checkpoint holds the adapters (and their optimizer states) only.
+    assert lora.checkpoint("best").stat().st_size < base.checkpoint("best").stat().st_size / 2
+    (scratch,) = _runs(root, "sentiment-scratch")
+    (pretrained,) = _runs(root, "sentiment-pretrained")
+    assert "lineage" not in scratch.summary and pretrained.summary["lineage"]["run"] == base.name
+    assert scratch.eval_report("best").exists() and pretrained.eval_report("best").exists()
+    a, b = flatten(scratch.config), flatten(pretrained.config)
+    assert sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k)) == [
+        "experiment", "model.init_from", "model.vocab_size"]
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in lora.export_dir("hf").iterdir()}
+    out = _text(nb)
+    assert "refused: model.init_from" in out and "is not in the character tokenizer's vocabulary" in out
+    share = re.search(r"trainable ([\d,]+) of ([\d,]+) parameters", out)
+    assert 0 < int(share.group(1).replace(",", "")) < int(share.group(2).replace(",", ""))
+    # The adapters trained and were merged in: the new text's validation loss moved down.
+    before, after = map(float, re.search(r"base ([\d.]+) -> after LoRA ([\d.]+)", out).groups())
+    assert after < before
+    # transformers loads the export and computes what the lab's model computes, greedy decoding included.
+    assert float(re.search(r"max \|logit difference\| .*: (\S+)", out).group(1)) < 1e-4
+    assert "the lab's greedy sample is the same: True" in out
+
+
+def _check_10(nb, root: Path) -> None:
+    (run,) = _runs(root, "speech-cnn")
+    report = json.loads(run.eval_report("best").read_text())
+    assert run.status == "completed" and _loss_fell(run) and (run.reports_dir / "confusion-best.png").exists()
+    assert report["quality"]["class_names"][:3] == ["zero", "one", "two"]
+    assert (run.compressed_dir("int8-dynamic") / "report.json").exists()
+    # Clips and a mistake were played (HTML audio players), the spectrogram and the confusion matrix drawn.
+    players = [o for c in nb.cells for o in c.get("outputs", []) if "<audio" in o.get("data", {}).get("text/html", "")]
+    assert len(players) >= 2
+    assert sum("image/png" in o.get("data", {}) for c in nb.cells for o in c.get("outputs", [])) >= 3
+    out = _text(nb)
+    assert "test voices" in out and "spectrogram (bands, frames): (40, 41)" in out
+    assert "heard as" in out or "no mistakes to hear" in out
+    assert "size: " in out and "x of fp32" in out
+
+
+def _check_11(nb, root: Path) -> None:
+    (run,) = _runs(root, "recommender-mf")
+    report = json.loads(run.eval_report("best").read_text())
+    assert run.status == "completed" and report["kind"] == "ranking" and _loss_fell(run)
+    q = report["quality"]
+    assert q["oracle_ndcg_at_10"] >= q["ndcg_at_10"] > q["random_ndcg_at_10"]  # MF learned; the truth is the ceiling
+    for method in ("int8-dynamic", "prune-structured"):
+        assert (run.compressed_dir(method) / "report.json").exists(), method
+    out = _text(nb)
+    # The popularity curve's long tail, one user's two top-10 lists, and the compression table.
+    assert "of the choices" in out and "held-out item is number" in out and "mean true percentile" in out
+    assert "int8 embedding tables" in out and "Embedding tables int8 per row" in out
+
+
+def _check_12(nb, root: Path) -> None:
+    (cnn,) = _runs(root, "digits-cnn")
+    (gpt,) = _runs(root, "gpt-nano")
+    (path,) = cnn.explain_dir.glob("test-*.json")  # one digit, explained three times (the last report stays)
+    report = json.loads(path.read_text())
+    assert report["target_name"] == "7" or report["input"]["index"] >= 0
+    assert report["compared"]["artifact"] == "int8-dynamic" and -1 <= report["compared"]["rank_correlation"] <= 1
+    names = {p.name for p in cnn.explain_dir.iterdir()}
+    label = report["label"]
+    assert {f"{label}-attributions.png", f"{label}-checks.png", f"{label}-vs-int8-dynamic.png"} <= names
+    assert any(p.name.endswith("-logit-lens.png") for p in gpt.explain_dir.iterdir())
+    out = _text(nb)
+    # The edge detector is shown failing the randomisation check; the lens reads the model's own output.
+    assert "edge detector: rank correlation with itself after randomisation 1.00 -> FAIL" in out
+    assert "the last layer reads the model's own output: True" in out and "convergence delta" in out
+    assert "completeness: " in out and "integrated_gradients: randomisation " in out
 
 
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, Path], None]] = {

@@ -132,6 +132,7 @@ def test_gpt_activation_formula_matches_saved_tensors(precision: str) -> None:
 @pytest.mark.parametrize("preset,overrides,precision,optimizer", [
     ("gpt-nano", TINY_GPT, "32-true", "adamw"),
     ("digits-cnn", {"data.batch_size": 16}, "bf16-true", "sgd"),
+    ("gpt-nano", {**TINY_GPT, "finetune.method": "lora"}, "32-true", "adamw"),  # states for the adapters only
 ])
 def test_model_state_estimate_matches_allocated_tensors(preset: str, overrides: dict, precision: str,
                                                         optimizer: str) -> None:
@@ -150,6 +151,59 @@ def test_total_estimate_is_near_the_measured_cpu_peak() -> None:
     estimated = plan(cfg, precision="32-true", device="cpu", with_recommendation=False).memory.total
     assert measured.peak and "profiler" in measured.method
     assert 0.85 <= estimated / measured.peak <= 1.15
+
+
+@pytest.mark.parametrize("targets", ["attention", "mlp", "both"])
+def test_total_estimate_of_a_lora_run_is_near_the_measured_cpu_peak(targets: str) -> None:
+    cfg = load_config("gpt-nano", {**TINY_GPT, "finetune.method": "lora", "finetune.targets": targets})
+    measured = measure(cfg, "32-true", steps=2)
+    p = plan(cfg, precision="32-true", device="cpu", with_recommendation=False)
+    full = plan(load_config("gpt-nano", TINY_GPT), precision="32-true", device="cpu", with_recommendation=False)
+    assert p.model.trainable == measured.gradients // 4 < p.model.params  # fp32: 4 bytes per trainable parameter
+    assert p.memory.optimizer == 2 * p.memory.gradients  # AdamW's two moments
+    assert measured.optimizer == pytest.approx(p.memory.optimizer, rel=0.01)  # (+ a step counter per tensor)
+    assert p.memory.activations < full.memory.activations and p.memory.total < full.memory.total
+    assert 0.85 <= p.memory.total / measured.peak <= 1.15
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+@pytest.mark.parametrize("targets", ["attention", "mlp", "both"])
+def test_lora_activation_change_matches_saved_tensors(precision: str, targets: str) -> None:
+    """LoRA on the lab's GPT: the formula (full training's, changed by LoRA) vs what autograd saves, within 3%."""
+    from lab.families import family
+    from lab.finetune import FinetuneConfig, apply
+    from lab.plan.formulas import gpt_lora_activation_change
+
+    cfg = GPTConfig(vocab_size=256, block_size=64, n_layer=3, n_head=4, n_embd=64)
+    model, b = apply(GPT(cfg), FinetuneConfig(method="lora", targets=targets), family("gpt")), 4
+    x, y = torch.randint(0, 256, (b, 64)), torch.randint(0, 256, (b, 64))
+    autocast = precision == "bf16-mixed"
+
+    def loss(out: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+            return F.cross_entropy(out.flatten(0, 1), t.flatten())
+
+    saved, _ = trace_training_step(_Autocast(model) if autocast else model, x, y, loss)
+    prec = PRECISIONS[precision]
+    per_block, once = gpt_lora_activation_change(b, 64, 64, 4, prec, targets, rank=8)
+    estimate = 3 * (gpt_layer_activation_bytes(b, 64, 64, 4, prec) + per_block) + once
+    estimate += gpt_output_activation_bytes(b, 64, 64, 256, prec)
+    estimate += prec.cast * (sum(p.numel() for p in model.parameters() if p.dim() == 2) - 64 * 64)
+    assert estimate == pytest.approx(saved, rel=0.03)
+
+
+def test_lora_is_planned_with_the_strategies_fit_trains_it_with() -> None:
+    lora = {"finetune.method": "lora"}
+    with pytest.raises(ConfigError, match=r"^strategy = 'fsdp'.*single or ddp with finetune.method lora"):
+        plan("gpt2-124m", lora, strategy="fsdp", devices=8, device="H100")
+    # The recommendation never shards what lab fit refuses to shard (it shrinks the micro-batch instead).
+    rec = recommend("gpt2-124m", overrides=lora, precision="bf16-mixed", micro_batch=64, device="L4")
+    assert rec.strategy in ("single", "ddp") and "--finetune.method lora" in rec.command
+    p = plan("gpt2-124m", lora, precision="bf16-mixed", device="H100", with_recommendation=False)
+    full = plan("gpt2-124m", precision="bf16-mixed", device="H100", with_recommendation=False)
+    assert p.memory.gradients == 4 * p.model.trainable and p.memory.optimizer == 8 * p.model.trainable
+    assert p.memory.weights == 4 * p.model.params > full.memory.weights  # the adapters add a little
+    assert "442,368 train: LoRA rank 8 on attention" in p.to_text()
 
 
 # --- plan, recommend ----------------------------------------------------------------------------

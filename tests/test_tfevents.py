@@ -45,3 +45,25 @@ def test_files_are_read_in_creation_order_not_name_order(tmp_path: Path, tensorb
     os.replace(second, b)
     assert event_files(tmp_path) == [a, b]
     assert [v for _, _, v in read_scalars(tmp_path)["train/loss"]] == [1.0, 2.0, 3.0, 5.0, 6.0, 7.0, 8.0, 9.0, 10.0]
+
+
+def test_pictures_are_read_as_png_and_purged_like_the_rest(tmp_path: Path) -> None:
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    def pictures(steps: range, shade: int, purge_step: int | None = None) -> None:
+        w = SummaryWriter(str(tmp_path), purge_step=purge_step)
+        for s in steps:
+            w.add_image("inputs/pictures", np.full((4, 6, 3), shade + s, np.uint8), s, dataformats="HWC")
+        w.close()
+
+    pictures(range(0, 4), 10)
+    pictures(range(2, 5), 100, purge_step=2)  # resumed at step 2: the killed process's 2 and 3 go
+    ev = read_events(tmp_path)
+    got = ev.images["inputs/pictures"]
+    assert [s for s, _, _ in got] == [0, 1, 2, 3, 4] and all(png.startswith(b"\x89PNG") for _, _, png in got)
+    shades = [Image.open(io.BytesIO(png)).getpixel((0, 0))[0] for _, _, png in got]
+    assert shades == [10, 11, 102, 103, 104]
+    assert read_events(tmp_path, texts=False).images == {}  # scalars only: no pictures decoded

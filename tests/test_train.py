@@ -233,7 +233,10 @@ SHRINK = {
     "gpt": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32, "model.vocab_size": None},
     "vit": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2},
     "cnn": {"model.channels": [4, 8], "model.hidden": 16},
+    "keyword-cnn": {"model.channels": [4, 8], "model.hidden": 16},
     "mlp": {},
+    "gpt-classifier": {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32},
+    "recommender": {"data.n_users": 100, "data.n_items": 50, "data.interactions": 10, "data.batch_size": 32},
 }
 FEW_STEPS = {"trainer.max_steps": 4, "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1,
              "trainer.log_every_n_steps": 1, "trainer.accelerator": "cpu", "optimizer.warmup_steps": 1}
@@ -267,8 +270,12 @@ def test_sixteen_bit_mixed_is_refused_on_cpu_in_one_line(tmp_path: Path, capsys:
     assert not any(tmp_path.iterdir())
 
 
+PRESETS = ["gpt-nano", "gpt-10m", "gpt2-124m", "gpt2-medium", "distilgpt2", "digits-cnn", "digits-vit", "seed-mlp",
+           "sentiment", "recommender-mf", "recommender-two-tower", "speech-cnn"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("preset", ["gpt-nano", "gpt-10m", "gpt2-124m", "digits-cnn", "digits-vit", "seed-mlp"])
+@pytest.mark.parametrize("preset", PRESETS)
 def test_every_preset_trains_a_few_steps_in_its_own_precision(tmp_path: Path, preset: str) -> None:
     from lab.config import list_presets
 
@@ -281,7 +288,7 @@ def test_every_preset_trains_a_few_steps_in_its_own_precision(tmp_path: Path, pr
 def test_the_preset_list_above_is_every_preset() -> None:
     from lab.config import list_presets
 
-    assert sorted(list_presets()) == sorted(["gpt-nano", "gpt-10m", "gpt2-124m", "digits-cnn", "digits-vit", "seed-mlp"])
+    assert sorted(list_presets()) == sorted(PRESETS)
 
 
 def test_an_understated_cached_peak_is_probed_again_instead_of_reporting_mfu_above_one(

@@ -154,6 +154,33 @@ def test_panel_preset_switch_hides_fields_the_model_lacks() -> None:
     assert not panel.controls["dropout"].disabled and _shown(panel, "dropout")
 
 
+def test_panel_lora_controls_show_what_trains_and_what_it_costs() -> None:
+    # What fit builds for the panel's config (the vocabulary from the prepared corpus, then the module).
+    from lab.finetune import trainable_summary
+    from lab.train import build_datamodule, build_module
+
+    panel = HyperparameterPanel("gpt-nano")
+    lora_widgets = ("finetune", "lora_rank", "lora_alpha", "lora_targets")
+    assert all(_shown(panel, n) for n in lora_widgets) and panel.controls["finetune"].value == "full"
+    full = panel.assessment
+    assert full.trainable == full.params and "trainable" not in panel.readout.value
+    lora = panel.set(finetune="lora", lora_rank=16, lora_targets="both")
+    assert lora.config.finetune.rank == 16 and lora.config.finetune.targets == "both"
+    cfg = lora.config
+    dm = build_datamodule(cfg)
+    dm.prepare_data()
+    dm.setup("fit")
+    trainable, total = trainable_summary(build_module(cfg, dm).model)
+    assert (lora.trainable, lora.params) == (trainable, total) and trainable < total
+    assert f"<b>trainable</b> {trainable:,} ({trainable / total:.2%})" in panel.readout.value
+    assert lora.memory_bytes < full.memory_bytes  # no gradients or optimizer states for the frozen base
+    assert panel.set(lora_rank=4).trainable == trainable // 4
+    # A family that names no LoRA targets has no such controls, and its config keeps full fine-tuning.
+    panel.load_preset("digits-cnn")
+    assert not any(_shown(panel, n) for n in lora_widgets)
+    assert all(panel.state[n] is None for n in lora_widgets) and panel.assessment.config.finetune.method == "full"
+
+
 def test_mlp_hidden_layers_field_sets_the_model() -> None:
     from lab.models.mlp import MLP
 

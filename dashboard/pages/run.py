@@ -17,6 +17,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # dashboard/, for `common`
 import common  # noqa: E402
 from lab.errors import LabError  # noqa: E402  (common put the repo root on the path)
+from lab import ranking  # noqa: E402
 from lab.runs import load_run, status_note  # noqa: E402
 
 dd = common.dd
@@ -78,9 +79,12 @@ with tabs[0]:
 with tabs[1]:
     st.code(yaml.safe_dump(run.config, sort_keys=False), language="yaml")
 with tabs[2]:
-    samples = dd.samples(run)
-    if not samples:
-        st.info("No generated samples (language-model runs log some at each validation).")
+    samples, pictures = dd.samples(run), dd.pictures(run)
+    if not samples and not pictures:
+        st.info("No generated samples or pictures (language models log samples at each validation, speech models "
+                "a picture of their inputs).")
+    for pic in pictures:
+        st.image(pic["png"], caption=plain(f"{pic['tag']} · step {pic['step']}"))
     for smp in samples[:5]:
         st.caption(plain(f"step {smp['step']} · {smp['tag']}"))
         st.text(smp["text"])
@@ -97,6 +101,10 @@ with tabs[3]:
                      hide_index=True, width="stretch")
         if rep["png"] is not None:
             st.image(str(rep["png"]), caption="confusion matrix")
+        if users := ranking.users_with_examples(rep["report"]["quality"]):  # a recommender's: per-user top-k
+            user = st.selectbox("User", users, key=f"user-{rep['label']}")
+            st.dataframe(pd.DataFrame(ranking.example_rows(rep["report"]["quality"], user)), hide_index=True,
+                         width="stretch")
 with tabs[4]:
     comp = dd.compression(run)
     if comp["comparison"]:
@@ -113,3 +121,55 @@ with tabs[5]:
     files = dd.artifacts(run)
     st.caption(plain(f"{len(files)} files, {sum(f['bytes'] for f in files) / 2**20:.2f} MiB in {run.path}"))
     st.dataframe(pd.DataFrame(files), hide_index=True, width="stretch")
+
+
+# ------------------------------------------------------------------ Explain: a thin view over lab.explain
+@st.cache_resource(show_spinner=False, max_entries=4)
+def _explainer(path: str, signature: tuple):
+    from lab import explain
+
+    return explain.load(load_run(path))  # the model, tokenizer and test data, kept between clicks
+
+
+def explain_section(run) -> None:
+    """Pick a test sample (or type a text for a text model), then see its heatmap, attention maps and logit lens."""
+    from lab import explain
+
+    st.subheader("Explain")
+    spec = explain.supports(run)
+    if spec is None or not run.checkpoint("best").is_file():
+        st.info("Nothing to explain here: the run has no best checkpoint, or its model family declares no "
+                "explanation method.")
+        return
+    st.caption(plain(f"{', '.join(spec.methods)} · the same pictures with `lab explain {run.name}` (written to "
+                     "reports/explain/ and TensorBoard)"))
+    text, index = None, 0
+    if spec.inputs == "tokens" and st.radio("Input", ["type a text", "a test sample"], horizontal=True,
+                                            key="explain-kind") == "type a text":
+        text = st.text_input("Text (a language model's prompt)", value="The ", key="explain-text")
+    else:
+        index = int(st.number_input("Test sample", min_value=0, value=0, step=1, key="explain-index"))
+    if st.button("Explain", key="explain-go"):
+        ckpt = run.checkpoint("best").stat()
+        try:
+            loaded = _explainer(str(run.path), (ckpt.st_size, ckpt.st_mtime_ns))
+            st.session_state["explained"] = (run.name, explain.explain(loaded, index=None if text is not None else index,
+                                                                       text=text, write=False))
+        except LabError as e:
+            st.error(plain(str(e)))
+            return
+    shown = st.session_state.get("explained")
+    if not shown or shown[0] != run.name:
+        return
+    result = shown[1]
+    st.markdown(plain(f"{result.headline()}; likeliest: " + ", ".join(f"{n!r} {p:.3f}" for n, p in result.top)))
+    captions = {"attributions": "attribution heatmaps (red: for the explained output, blue: against it)",
+                "attention": "attention weights per layer and head", "logit-lens": "logit lens"}
+    for name, png in result.pictures.items():
+        st.image(png, caption=captions.get(name, name))
+    if result.lens is not None:
+        st.markdown("**Logit lens** (what each layer predicts next)")
+        st.dataframe(pd.DataFrame(explain.lens_rows(result.lens)), hide_index=True, width="stretch")
+
+
+explain_section(run)

@@ -156,6 +156,9 @@ def student_config(cfg: Config, teacher_model_cfg: Any, student: dict[str, Any] 
     raw = cfg.to_dict()
     # The teacher's own config: it has the vocabulary size filled in, which the run's may leave null.
     raw["model"] = {**plain(dataclasses.asdict(teacher_model_cfg)), **overrides}
+    # A student of another shape starts from random weights and trains all of them: a LoRA
+    # teacher's adapters-only setting would leave it training adapters on a random base.
+    raw.pop("finetune", None)
     out = from_dict(raw)
     validate(out)
     return out, overrides

@@ -16,7 +16,9 @@ rows/columns), which is what can run faster.
 Which units go (structured): each unit's importance is a first-order Taylor estimate of the
 loss change when all of its weights are zeroed, ``(sum_w w * dL/dw)^2``, averaged over a few
 training batches (Molchanov et al., 2019). Unlike a weight norm it needs no special case for
-BatchNorm (which rescales a conv's weights freely) and sees what the data actually uses.
+BatchNorm (which rescales a conv's weights freely) and sees what the data actually uses. A family
+may rank its units from the data instead (``Structure.importance``: a recommender's item rows by
+how often each item was chosen in training).
 Each layer loses the same fraction, so the new shape is a few numbers in the model config.
 """
 
@@ -190,7 +192,11 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
     model = pruned.model
     structure = _structure(model)
     groups = structure.groups(model)
-    scores = taylor_scores(pruned, groups, dm, batches)
+    how = f"first-order Taylor (sum w*dL/dw)^2 over {batches} train batches"
+    if structure.importance is not None:  # the family knows better (e.g. how often each item was chosen)
+        scores, how = structure.importance(model, groups, dm), (structure.importance.__doc__ or "").strip()
+    else:
+        scores = taylor_scores(pruned, groups, dm, batches)
     # At least one unit per group: an empty layer would cut the network in two.
     keep = [torch.sort(torch.topk(s, max(1, round(g.n * (1 - amount)))).indices).values for g, s in zip(groups, scores)]
     params_before = num_params(model)
@@ -201,7 +207,7 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
     return Artifact(
         predict=model, files=save_weights(model, out_dir, config), params=num_params(model),
         backend="torch eager fp32", example_module=model,
-        notes={"amount": amount, "importance": f"first-order Taylor (sum w*dL/dw)^2 over {batches} train batches",
+        notes={"amount": amount, "importance": how,
                "params_before": params_before, "params_after": num_params(model),
                "params_ratio": num_params(model) / params_before,
                "kept": {g.name: f"{g.n} -> {len(k)}" for g, k in zip(groups, keep)},

@@ -42,15 +42,24 @@ WEIGHTS_FILE = "model_int8.pt"
 
 LINEAR = (nn.Linear,)
 """What int8-dynamic quantizes unless a family's record says otherwise (``ModelFamily.int8_targets``)."""
+TABLES = (nn.Embedding, nn.EmbeddingBag)
+"""Lookup tables: quantized weight-only, one float scale and offset per row (a recommender's users and items)."""
 
 
 def quantize_torch_ao(model: nn.Module, targets: tuple[type[nn.Module], ...] = LINEAR) -> nn.Module:
-    """int8 weights + dynamic int8 activations for every ``targets`` module (a copy; ``model`` is kept)."""
+    """int8 weights + dynamic int8 activations for every ``targets`` module (a copy; ``model`` is kept).
+
+    An embedding table has no activations to quantize: its rows are stored in 8 bits with a
+    float scale and offset each (torch.ao's only scheme for ``nn.Embedding``), so a row of
+    rare values keeps its own resolution.
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the deprecation notice: the probe is how we cope with it
-        from torch.ao.quantization import quantize_dynamic
+        from torch.ao.quantization import default_dynamic_qconfig, float_qparams_weight_only_qconfig, quantize_dynamic
 
-        return quantize_dynamic(copy.deepcopy(model).eval(), set(targets), dtype=torch.qint8)
+        spec = {t: float_qparams_weight_only_qconfig if issubclass(t, TABLES) else default_dynamic_qconfig
+                for t in targets}
+        return quantize_dynamic(copy.deepcopy(model).eval(), spec, dtype=torch.qint8)
 
 
 @contextlib.contextmanager
@@ -73,6 +82,10 @@ def quiet_torchao_import() -> Iterator[None]:
 
 def quantize_torchao(model: nn.Module, targets: tuple[type[nn.Module], ...] = LINEAR) -> nn.Module:
     """The same with torchao's kernels (its int8 linear: only ``nn.Linear`` among ``targets`` applies)."""
+    others = {type(m).__name__ for m in model.modules() if isinstance(m, targets) and not isinstance(m, nn.Linear)}
+    if others:  # it would leave them fp32, and win the timing by not quantizing
+        raise ValueError(f"this backend quantizes Linear layers only, and the model's {', '.join(sorted(others))} "
+                         "layers are targets too")
     with quiet_torchao_import():
         from torchao.quantization import Int8DynamicActivationInt8WeightConfig, quantize_
 
@@ -139,6 +152,17 @@ def load_int8(path: str | Path, model: nn.Module, targets: tuple[type[nn.Module]
     return q.eval()
 
 
+def quantized_text(targets: tuple[type[nn.Module], ...], model: nn.Module | None = None) -> str:
+    """What the report says int8-dynamic did to a family's ``int8_targets`` (those ``model`` has, when given)."""
+    if model is not None:
+        targets = tuple(t for t in targets if any(type(m) is t for m in model.modules()))
+    layers = [t.__name__ for t in targets if not issubclass(t, TABLES)]
+    tables = [t.__name__ for t in targets if issubclass(t, TABLES)]
+    done = ([f"{', '.join(layers)} weights int8 (per-tensor), activations int8 per batch"] if layers else []) + \
+        ([f"{', '.join(tables)} tables int8 per row (weight-only: a float scale and offset per row)"] if tables else [])
+    return "; ".join(done or ["nothing (the family names no layer types)"]) + "; everything else stays fp32"
+
+
 def int8_dynamic(module: Any, dm: Any, cfg: Any, out_dir: Path, backend: str = "auto", probe_batch: int = 8,
                  probe_repeats: int = 9, **_: Any) -> Artifact:
     """Quantize ``module.model``'s Linear layers to int8 on the backend measured fastest."""
@@ -184,8 +208,7 @@ def int8_dynamic(module: Any, dm: Any, cfg: Any, out_dir: Path, backend: str = "
         "probe": {"batch": int(probe_batch), "repeats": probe_repeats, "threads": torch.get_num_threads(),
                   "fp32_p50_ms": fp32_ms, "timing": "fp32 and candidates in turns on one real validation batch"},
         "candidates": candidates, "chosen_because": "lowest measured p50 latency on a real validation batch",
-        "quantized": f"{', '.join(t.__name__ for t in targets)} weights int8 (per-tensor), activations int8 per "
-                     "batch; embeddings, norms stay fp32",
+        "quantized": quantized_text(targets, model),
     }
     if chosen == TORCH_AO:
         q = load_int8(path, model, targets)  # what is measured is what was saved, loaded with weights_only=True

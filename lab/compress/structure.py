@@ -53,6 +53,9 @@ class Structure:
     rebuild: Callable[[dict[str, Any]], tuple[dict[str, Any], Callable[[Group], int] | None]] | None = None
     """Loading: a pruned ``model:`` section -> (a section the family's config reads, and the units each
     group keeps when the model must be built in its original shape and cut again; None = build as is)."""
+    importance: Callable[[nn.Module, list[Group], Any], list[torch.Tensor]] | None = None
+    """Which units matter, from the data: ``(model, groups, DataModule)`` -> one score per unit and group (a
+    recommender's items: how often each was chosen). None = the first-order Taylor estimate."""
 
 
 def cuts(model: nn.Module, module: str, dim: int, unit_of: torch.Tensor,

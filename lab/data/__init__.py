@@ -10,8 +10,12 @@
     dm = DigitsDataModule(DigitsDataConfig(), seed=1337); dm.setup()
 
 Modules: ``text`` (language modelling on the bundled corpus, local files or a
-verified download; char or byte-level BPE tokens), ``vision`` (sklearn digits),
-``tabular`` (synthetic Friedman regression), ``tokenizers``, and the shared
+verified download; char or byte-level BPE tokens), ``labelled_text`` (texts with labels for
+classifiers: CSV/JSONL, a folder per label, or the bundled sentiment set), ``vision`` (sklearn digits),
+``tabular`` (synthetic Friedman regression), ``ratings`` (implicit feedback for recommenders: a
+synthetic world with planted tastes, or MovieLens files), ``speech`` (spoken keywords: a WAV
+folder per label or the bundled spoken digits, as log-mel spectrograms split by voice; their
+signal processing in ``audio``, the digits' synthesis in ``espeak``), ``tokenizers``, and the shared
 helpers in ``splits`` and ``corpus`` (prepared data is cached under ``lab.fileio``'s cache
 folder, ``$LAB_CACHE_DIR``). Every DataModule checks its
 config in ``__init__`` and raises ``lab.errors.ConfigError`` before doing any work.
@@ -19,6 +23,9 @@ config in ``__init__`` and raises ``lab.errors.ConfigError`` before doing any wo
 
 from __future__ import annotations
 
+from lab.data.labelled_text import LabelledTextConfig, LabelledTextDataModule
+from lab.data.ratings import RatingsDataConfig, RatingsDataModule
+from lab.data.speech import SpeechDataConfig, SpeechDataModule
 from lab.data.tabular import RegressionDataConfig, RegressionDataModule
 from lab.data.text import TextDataConfig, TextDataModule
 from lab.data.tokenizers import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer, train_tokenizer
@@ -28,6 +35,9 @@ DATAMODULES: dict[str, tuple[type, type]] = {
     "text": (TextDataConfig, TextDataModule),
     "digits": (DigitsDataConfig, DigitsDataModule),
     "regression": (RegressionDataConfig, RegressionDataModule),
+    "labelled-text": (LabelledTextConfig, LabelledTextDataModule),
+    "ratings": (RatingsDataConfig, RatingsDataModule),
+    "speech": (SpeechDataConfig, SpeechDataModule),
 }
 """data.name -> (config dataclass, DataModule class)."""
 
@@ -37,6 +47,8 @@ __all__ = [
     "CharTokenizer",
     "DigitsDataConfig",
     "DigitsDataModule",
+    "RatingsDataConfig",
+    "RatingsDataModule",
     "RegressionDataConfig",
     "RegressionDataModule",
     "TextDataConfig",

@@ -6,6 +6,7 @@
     dm.setup()                 # every process: memory-map the .bin files
     x, y = next(iter(dm.train_dataloader()))   # int64 [12, 64]; y is x shifted by one
     dm.tokenizer.decode(x[0].tolist()), dm.vocab_size, dm.split_sizes, dm.cache_path
+    TextDataModule(config, block_size=64, tokenizer=pretrained_tokenizer)   # tokenize with it, train none
 
 The corpus is the bundled CPython reference text unless ``data.path`` (local
 files) or ``data.url`` + ``data.sha256`` (a verified download) say otherwise.
@@ -15,7 +16,9 @@ the last tests. ``test_fraction=0`` gives nanoGPT's 0.9/0.1 train/val layout.
 Prepared data lives in ``$LAB_CACHE_DIR/text/<kind>-<key>/`` (default cache:
 ``~/.cache/large-model-lab``), keyed by the corpus content and the tokenizer
 and split settings, so changing any of them builds a new folder and an
-unchanged setup reuses the old one.
+unchanged setup reuses the old one. A tokenizer given to the DataModule (a pretrained
+model's: ``model.init_from``) replaces the trained one; the key then holds its content hash
+instead of ``data.tokenizer`` and ``data.vocab_size``, which it ignores.
 """
 
 from __future__ import annotations
@@ -58,7 +61,8 @@ class TextDataConfig:
     sha256: str | None = None
     """SHA-256 of the file at ``url``; required with ``url`` so a changed or broken download is refused."""
     tokenizer: str = "char"
-    """"char" (one id per distinct character) or "bpe" (byte-level BPE, handles any text)."""
+    """"char" (one id per distinct character) or "bpe" (byte-level BPE, handles any text); ignored when
+    model.init_from brings its own tokenizer."""
     vocab_size: int = 512
     """Target BPE vocabulary size including the 256 byte tokens (>= 257); ignored for "char"."""
     val_fraction: float = 0.05
@@ -163,7 +167,9 @@ class TextDataModule(pl.LightningDataModule):
         seed: int = 1337,
         num_train_samples: int = 10_000,
         cache_dir: str | Path | None = None,
+        tokenizer: Tokenizer | None = None,
     ) -> None:
+        """``tokenizer``: tokenize with this one (a pretrained model's) instead of training one."""
         super().__init__()
         # Every check runs here so a bad config fails before any reading or training.
         validate_data_config(config)
@@ -179,6 +185,7 @@ class TextDataModule(pl.LightningDataModule):
         self.seed = seed
         self.num_train_samples = num_train_samples
         self.cache_dir = resolve_cache_dir(cache_dir)
+        self.given_tokenizer = tokenizer
         self.tokenizer: Tokenizer | None = None
         self.vocab_size: int | None = None
         self.split_sizes: dict[str, int] = {}
@@ -189,17 +196,19 @@ class TextDataModule(pl.LightningDataModule):
     def _locate(self) -> Path:
         """The cache folder for this corpus and these settings (computed once)."""
         if self.cache_path is None:
-            c = self.config
+            c, given = self.config, self.given_tokenizer
+            tokenizer = {"tokenizer": c.tokenizer, "vocab_size": c.vocab_size if c.tokenizer == "bpe" else None}
+            if given is not None:
+                tokenizer = {"tokenizer": "given", "sha256": hashlib.sha256(given.to_json().encode()).hexdigest()}
             key = json.dumps({
                 "format": CACHE_FORMAT,
                 "corpus": corpus_fingerprint(c),
-                "tokenizer": c.tokenizer,
-                "vocab_size": c.vocab_size if c.tokenizer == "bpe" else None,
+                **tokenizer,
                 "val_fraction": c.val_fraction,
                 "test_fraction": c.test_fraction,
             }, sort_keys=True)
             digest = hashlib.sha256(key.encode()).hexdigest()[:16]
-            self.cache_path = self.cache_dir / "text" / f"{c.tokenizer}-{digest}"
+            self.cache_path = self.cache_dir / "text" / f"{'given' if given is not None else c.tokenizer}-{digest}"
         return self.cache_path
 
     def prepare_data(self) -> None:
@@ -209,7 +218,8 @@ class TextDataModule(pl.LightningDataModule):
             return
         c = self.config
         text = read_corpus(c, self.cache_dir)
-        tokenizer = train_tokenizer(c.tokenizer, text, c.vocab_size)
+        tokenizer = self.given_tokenizer if self.given_tokenizer is not None else \
+            train_tokenizer(c.tokenizer, text, c.vocab_size)
         ids = tokenizer.encode_array(text)
         dtype = np.dtype(np.uint16 if tokenizer.vocab_size <= 65535 else np.uint32)
         sizes = split_sizes(len(ids), c.val_fraction, c.test_fraction)
@@ -223,7 +233,7 @@ class TextDataModule(pl.LightningDataModule):
             "format": CACHE_FORMAT,
             "dtype": dtype.name,
             "splits": sizes,
-            "tokenizer": c.tokenizer,
+            "tokenizer": "given" if self.given_tokenizer is not None else c.tokenizer,
             "vocab_size": tokenizer.vocab_size,
             "corpus_chars": len(text),
             "source": c.url or c.path or "bundled",

@@ -6,11 +6,16 @@
     assert tok.decode(ids) == "héllo wörld"
     tok.save("tokenizer.json")
     tok = load_tokenizer("tokenizer.json")                # either kind
+    tok = load_hf_tokenizer("path/to/gpt2")               # an HF folder: tokenizer.json, or vocab.json + merges.txt
 
 ``CharTokenizer`` maps each distinct character of its training text to an id
 (the nanoGPT shakespeare_char setup). ``BPETokenizer`` is GPT-2 style byte-level
 BPE trained with the HF ``tokenizers`` library: it works on UTF-8 bytes, so any
-text round-trips exactly, even characters it never saw in training.
+text round-trips exactly, even characters it never saw in training; it also wraps a
+pretrained one (GPT-2's) read from a Hugging Face folder. ``CharTokenizer.to_hf()`` is the
+same character vocabulary as an HF ``tokenizer.json`` (WordLevel, one piece per character),
+which ``load_tokenizer`` reads back as a ``CharTokenizer``: what ``lab export --format hf``
+writes for a character-level run.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from pathlib import Path
 from typing import Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
+from tokenizers import AddedToken, Regex
 from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
@@ -29,6 +35,10 @@ from lab.errors import ConfigError, DataError
 TOKENIZER_KINDS = ("char", "bpe")
 # 256 byte tokens plus at least one merge; fewer would be a char tokenizer over bytes.
 MIN_BPE_VOCAB = 257
+
+# The WordLevel unknown token of a character vocabulary as an HF tokenizer: never one of its
+# characters (it is two), so an unseen character fails to encode instead of becoming one.
+_NO_UNK = "<unk>"
 
 # Big corpora are encoded in pieces so the Rust side can work in parallel and
 # never holds per-token offsets for the whole corpus at once.
@@ -47,6 +57,8 @@ class Tokenizer(Protocol):
     def encode_array(self, text: str) -> np.ndarray: ...
 
     def decode(self, ids: Sequence[int]) -> str: ...
+
+    def to_json(self) -> str: ...
 
     def save(self, path: str | Path) -> Path: ...
 
@@ -94,8 +106,19 @@ class CharTokenizer:
             out.append(self.chars[i])
         return "".join(out)
 
+    def to_json(self) -> str:
+        """The file ``save`` writes (and what a data cache keys a given tokenizer by)."""
+        return json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False)
+
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
+        return atomic_write_text(path, self.to_json())
+
+    def to_hf(self) -> HFTokenizer:
+        """The same vocabulary as an HF tokenizer: each character one piece, looked up in a WordLevel table."""
+        tok = HFTokenizer(models.WordLevel({c: i for i, c in enumerate(self.chars)}, unk_token=_NO_UNK))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # any one code point
+        tok.decoder = decoders.Fuse()  # pieces join with nothing between them
+        return tok
 
     def __repr__(self) -> str:
         return f"CharTokenizer(vocab_size={self.vocab_size})"
@@ -150,8 +173,12 @@ class BPETokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         return self.hf.decode([int(i) for i in ids], skip_special_tokens=False)
 
+    def to_json(self) -> str:
+        """The HF ``tokenizer.json`` text (what ``save`` writes)."""
+        return self.hf.to_str()
+
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, self.hf.to_str())
+        return atomic_write_text(path, self.to_json())
 
     def __repr__(self) -> str:
         return f"BPETokenizer(vocab_size={self.vocab_size})"
@@ -185,7 +212,7 @@ def train_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a file written by ``CharTokenizer.save`` or ``BPETokenizer.save``."""
+    """Load a file written by ``CharTokenizer.save`` or ``BPETokenizer.save`` (or an HF ``tokenizer.json``)."""
     path = Path(path)
     what = "a character tokenizer file or a BPE tokenizer.json"
     try:
@@ -194,20 +221,65 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise DataError(f"tokenizer file {path} does not exist; check the path or rebuild the data cache") from None
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"cannot read tokenizer file {path} ({e}); expected {what}") from None
+    return parse_tokenizer(raw, str(path))
+
+
+def parse_tokenizer(raw: str, name: str = "the tokenizer") -> Tokenizer:
+    """A tokenizer from the text of its file (``name`` says where it came from in errors)."""
+    what = "a character tokenizer file or a BPE tokenizer.json"
     try:
         spec = json.loads(raw)
     except json.JSONDecodeError:
-        raise DataError(f"{path} is not JSON, so it is not {what}; point at the right file") from None
+        raise DataError(f"{name} is not JSON, so it is not {what}; point at the right file") from None
     if isinstance(spec, dict) and spec.get("type") == "char":
         chars = spec.get("chars")
         if not (isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars)
                 and chars == sorted(set(chars))):
-            raise DataError(f"{path} is a damaged character tokenizer file: 'chars' must be sorted unique characters")
+            raise DataError(f"{name} is a damaged character tokenizer file: 'chars' must be sorted unique characters")
         return CharTokenizer("".join(chars))
     model = spec.get("model") if isinstance(spec, dict) else None
-    if isinstance(model, dict) and model.get("type") == "BPE":
+    kind = model.get("type") if isinstance(model, dict) else None
+    if kind == "WordLevel":
+        # What CharTokenizer.to_hf writes: every entry one character, ids in code point order.
+        vocab = model.get("vocab")
+        chars = [c for c, _ in sorted(vocab.items(), key=lambda kv: kv[1])] if isinstance(vocab, dict) else []
+        if chars and all(len(c) == 1 for c in chars) and chars == sorted(set(chars)) \
+                and sorted(vocab.values()) == list(range(len(chars))):
+            return CharTokenizer("".join(chars))
+        raise DataError(f"{name} is a WordLevel tokenizer.json but not a character vocabulary; "
+                        "the lab reads byte-level BPE and character tokenizers only")
+    if kind == "BPE":
         try:
             return BPETokenizer(HFTokenizer.from_str(raw))
         except Exception as e:  # the Rust side raises plain Exception for any parse problem
-            raise DataError(f"{path} is a damaged BPE tokenizer.json ({e}); rebuild the data cache") from None
-    raise DataError(f"{path} is JSON but not {what}; point at the right file")
+            raise DataError(f"{name} is a damaged BPE tokenizer.json ({e}); rebuild the data cache") from None
+    raise DataError(f"{name} is JSON but not {what}; point at the right file")
+
+
+GPT2_END_OF_TEXT = "<|endoftext|>"
+"""GPT-2's one special token: a vocab.json entry that ``GPT2TokenizerFast`` treats as special."""
+
+
+def load_hf_tokenizer(folder: str | Path) -> Tokenizer | None:
+    """The tokenizer of a Hugging Face model folder; None when it has none.
+
+    ``tokenizer.json`` when there is one; else GPT-2's pair ``vocab.json`` + ``merges.txt``,
+    read as byte-level BPE (its pre-tokenizer and decoder are GPT-2's, and ``<|endoftext|>``
+    is kept whole, as ``GPT2TokenizerFast`` does). Nothing is downloaded.
+    """
+    folder = Path(folder)
+    if (folder / "tokenizer.json").is_file():
+        return load_tokenizer(folder / "tokenizer.json")
+    vocab, merges = folder / "vocab.json", folder / "merges.txt"
+    if not (vocab.is_file() and merges.is_file()):
+        return None
+    try:
+        tok = HFTokenizer(models.BPE.from_file(str(vocab), str(merges)))
+    except Exception as e:  # the Rust side raises plain Exception for any parse problem
+        raise DataError(f"{vocab.name} + {merges.name} in {folder} are not a BPE vocabulary ({e}); "
+                        "check the files or give a tokenizer.json") from None
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    if tok.token_to_id(GPT2_END_OF_TEXT) is not None:
+        tok.add_special_tokens([AddedToken(GPT2_END_OF_TEXT, special=True)])
+    return BPETokenizer(tok)

@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from lab import finetune
 from lab.data import DATAMODULES
 from lab.errors import ConfigError
-from lab.families import cnn, gpt, mlp, vit
+from lab.families import cnn, gpt, mlp, recommender, speech, text_classifier, vit
 from lab.families.record import TASKS, ModelFamily, TransformerShape, replace_config
 
 if TYPE_CHECKING:  # only for hints: lab.config imports this module
@@ -70,17 +71,39 @@ def build_datamodule(cfg: "Config") -> Any:
     return DATAMODULES[cfg.data.name][1](cfg.data, seed=cfg.seed)
 
 
-def build_module(cfg: "Config", dm: Any = None) -> "LabModule":
-    """The model wrapped in its LightningModule; ``dm`` completes what the data decides (a vocabulary)."""
+def build_module(cfg: "Config", dm: Any = None, *, pretrained: bool = True, runs_root: Any = None) -> "LabModule":
+    """The model wrapped in its LightningModule, as the config says it starts and trains.
+
+    In this order: the family builds the model (``dm`` completes what the data decides, a
+    vocabulary); ``model.init_from``, when the config has one, loads the pretrained weights
+    (``lab.hub.initialize``; a run name resolves under ``runs_root``); ``finetune`` freezes the
+    base and adds LoRA adapters (``lab.finetune.apply``). Every path that builds a module -- fit,
+    resume, checkpoint loading, the planner's measurement, the LR finder -- comes through here,
+    so all see the same structure. ``pretrained=False`` skips the weights (what memory is
+    measured on does not depend on them).
+    """
     fam = family_of(cfg)
     model_cfg = fam.complete(cfg.model, dm) if fam.complete is not None else cfg.model
-    return fam.module(cfg, fam.build(model_cfg), dm)
+    model = fam.build(model_cfg)
+    source = getattr(cfg.model, "init_from", None)
+    if source and pretrained:
+        from lab import hub  # here, not at the top: lab.hub reads lab runs, whose modules import this one
+
+        hub.initialize(model, cfg, runs_root)
+    finetune.apply(model, cfg.finetune, fam)
+    module = fam.module(cfg, model, dm)
+    # The frozen base can be rebuilt from init_from: checkpoints then keep only what trains.
+    module.trainable_only = bool(source) and cfg.finetune.lora
+    return module
 
 
 register(gpt.FAMILY)
 register(cnn.FAMILY)
 register(vit.FAMILY)
 register(mlp.FAMILY)
+register(text_classifier.FAMILY)
+register(speech.FAMILY)
+register(recommender.FAMILY)
 
 __all__ = ["FAMILIES", "TASKS", "ModelFamily", "TransformerShape", "build_datamodule", "build_model", "build_module",
            "family", "family_of", "register", "replace_config", "unregister"]

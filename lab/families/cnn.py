@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lab.compress.structure import Group, Structure, cuts, neurons
-from lab.families.record import ModelFamily
+from lab.families.record import Explainable, ModelFamily
 from lab.models.vision import CNN, CNNConfig
 from lab.modules import Classifier
 
@@ -51,6 +51,10 @@ def conv_shape(model: nn.Module, counts: list[int]) -> dict[str, Any]:
     return dataclasses.asdict(model.config)
 
 
+IMAGE_EXPLAIN = Explainable(("integrated_gradients", "saliency", "occlusion"), "image", baseline="black")
+"""Attribution heatmaps over the pixels, from a black image (the ViT shares them)."""
+
+
 def narrow(c: CNNConfig, scale: float) -> dict[str, Any]:
     return {"channels": [max(1, round(ch * scale)) for ch in c.channels], "hidden": max(1, round(c.hidden * scale))}
 
@@ -58,6 +62,6 @@ def narrow(c: CNNConfig, scale: float) -> dict[str, Any]:
 FAMILY = ModelFamily(
     name="cnn", config=CNNConfig, model=CNN, data=("digits",), task="classifier", module=module, example=images,
     loss=Classifier.loss, metric="val/accuracy", mode="max", narrow=narrow,
-    structure=Structure(groups=conv_groups, shape=conv_shape),
+    structure=Structure(groups=conv_groups, shape=conv_shape), explain=IMAGE_EXPLAIN,
     describe="A CNN image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
 )

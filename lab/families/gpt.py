@@ -6,7 +6,9 @@
 
 Its own facts: the vocabulary comes from the run's tokenizer when ``model.vocab_size`` is
 null; the text DataModule needs the context length and how many windows the run will read;
-FSDP and activation checkpointing work per ``Block``.
+FSDP and activation checkpointing work per ``Block``. With ``model.init_from`` the data is
+tokenized with the source's tokenizer and ``lab.hub.load_gpt`` copies its weights in; a GPT
+exports as a Hugging Face GPT-2 folder too (``hf``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from torch import nn
 from lab.compress.structure import Group, Structure, cuts, neurons
 from lab.data import DATAMODULES
 from lab.errors import LabError
-from lab.families.record import ModelFamily, TransformerShape, replace_config
+from lab.families.record import Explainable, ModelFamily, TransformerShape, replace_config
+from lab.hub import load_gpt, tokenizer_of
 from lab.models.gpt import GPT, Block, GPTConfig
 from lab.modules import LanguageModel
 
@@ -32,12 +35,15 @@ CHAR_VOCAB_BOUND = 256
 
 def datamodule(cfg: Any) -> Any:
     """Text windows of ``block_size`` tokens: one window per micro-batch sample of the whole run,
-    so the n-th batch is the same every run (and after a resume)."""
+    so the n-th batch is the same every run (and after a resume). A pretrained source's tokenizer
+    tokenizes the text when ``model.init_from`` is set (its ids are what the embeddings know)."""
     t = cfg.trainer
     ranks = (t.devices if isinstance(t.devices, int) else 1) * t.num_nodes  # each rank reads its share
     samples = t.max_steps * t.accumulate_grad_batches * cfg.data.batch_size * ranks
+    given = tokenizer_of(cfg.model.init_from) if cfg.model.init_from else None
     return DATAMODULES[cfg.data.name][1](cfg.data, block_size=cfg.model.block_size, seed=cfg.seed,
-                                        num_train_samples=samples)
+                                        num_train_samples=samples,
+                                        **({"tokenizer": given} if given is not None else {}))
 
 
 def with_vocab(model_cfg: GPTConfig, dm: Any) -> GPTConfig:
@@ -82,7 +88,11 @@ def transformer(c: GPTConfig) -> TransformerShape:
 
 def narrow(c: GPTConfig, scale: float) -> dict[str, Any]:
     # Half the blocks, then width in whole heads (n_embd must stay a multiple of n_head).
-    return {"n_layer": max(1, c.n_layer // 2), "n_embd": c.n_head * max(1, round(c.n_embd * scale / c.n_head))}
+    out: dict[str, Any] = {"n_layer": max(1, c.n_layer // 2),
+                           "n_embd": c.n_head * max(1, round(c.n_embd * scale / c.n_head))}
+    if getattr(c, "init_from", None):  # a student of another shape cannot start from the teacher's source
+        out["init_from"] = None
+    return out
 
 
 
@@ -159,10 +169,16 @@ def block_rebuild(section: dict[str, Any]) -> tuple[dict[str, Any], Any]:
 STRUCTURE = Structure(groups=block_groups, shape=block_shape, finish=fewer_heads, rebuild=block_rebuild)
 
 
+LORA_TARGETS = {"attention": ("attn.c_attn", "attn.c_proj"), "mlp": ("mlp.c_fc", "mlp.c_proj")}
+"""The Linears of every GPT ``Block`` that LoRA adapts (the GPT's, the text classifier's backbone's)."""
+
+
 FAMILY = ModelFamily(
     name="gpt", config=GPTConfig, model=GPT, data=("text",), task="lm", module=module, example=example,
     loss=LanguageModel.loss, unit="tokens", tokenized=True, datamodule=datamodule, blocks=(Block,),
     complete=with_vocab, transformer=transformer, plan_shape=plan_shape, narrow=narrow, structure=STRUCTURE,
-    int8_static=True,
+    int8_static=True, lora_targets=LORA_TARGETS,
+    pretrained=load_gpt, export_formats=("safetensors", "onnx", "torchscript", "hf"),
+    explain=Explainable(("integrated_gradients", "occlusion", "attention", "logit_lens"), "tokens", "transformer.wte"),
     describe="A GPT language model: token ids [batch, sequence] -> logits [batch, sequence, vocab]",
 )

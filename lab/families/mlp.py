@@ -14,7 +14,7 @@ from torch import nn
 
 from lab.compress.structure import Group, Structure, neurons
 from lab.errors import ConfigError
-from lab.families.record import ModelFamily
+from lab.families.record import Explainable, ModelFamily
 from lab.models.mlp import MLP, MLPConfig
 from lab.modules import Regressor
 
@@ -52,5 +52,6 @@ FAMILY = ModelFamily(
     name="mlp", config=MLPConfig, model=MLP, data=("regression",), task="regressor", module=module, example=example,
     loss=Regressor.loss, check=check, narrow=narrow, int8_static=True,
     structure=Structure(groups=hidden_groups, shape=hidden_shape),
+    explain=Explainable(("integrated_gradients", "saliency", "occlusion"), "features"),
     describe="An MLP regressor: features [batch, in_features] -> outputs [batch, out_features]",
 )

@@ -21,8 +21,38 @@ if TYPE_CHECKING:  # only for hints: lab.config imports the registry
     from lab.config import Config
     from lab.modules import LabModule
 
-TASKS = ("lm", "classifier", "regressor")
+TASKS = ("lm", "classifier", "regressor", "ranking")
 """Task kinds: what the model predicts. Each picks an evaluation routine in ``lab.evaluate``."""
+
+EXPLAIN_METHODS = ("integrated_gradients", "saliency", "occlusion", "attention", "logit_lens")
+"""What ``lab explain`` can show (``lab.explain``): three attribution methods (through Captum), the
+attention weights of each block and head, and the logit lens of a language model."""
+EXPLAIN_INPUTS = ("image", "features", "tokens")
+"""What an attribution map covers: pixels, a row of input features, or the tokens of a text."""
+
+
+@dataclass(frozen=True)
+class Explainable:
+    """What ``lab explain`` shows for a family, and where in its model it looks."""
+
+    methods: tuple[str, ...]
+    """Names from ``EXPLAIN_METHODS`` this family supports; the first attribution method is the one checked."""
+    inputs: str
+    """One of ``EXPLAIN_INPUTS``: what the attribution maps cover."""
+    embedding: str = ""
+    """``tokens`` only: dotted name of the token-embedding module (attributions integrate along its output)."""
+    baseline: str = "mean"
+    """The "absent" input attributions start from: ``mean`` (zeros as the model sees them: the training mean
+    of standardised data), ``black`` (what 0 was before the DataModule standardised it with one scalar
+    ``mean``/``std``: a black image). Tokens always start from a text of blanks."""
+
+    def __post_init__(self) -> None:
+        unknown = [m for m in self.methods if m not in EXPLAIN_METHODS]
+        if unknown or self.inputs not in EXPLAIN_INPUTS or (self.inputs == "tokens") != bool(self.embedding) \
+                or self.baseline not in ("mean", "black"):
+            raise ValueError(f"Explainable{(self.methods, self.inputs, self.embedding, self.baseline)}: methods from "
+                             f"{EXPLAIN_METHODS}, inputs from {EXPLAIN_INPUTS}, an embedding for tokens only, "
+                             "baseline mean or black")
 
 
 @dataclass(frozen=True)
@@ -92,8 +122,19 @@ class ModelFamily:
     """Module types ``int8-dynamic`` quantizes (int8 weights, activations quantized per batch)."""
     int8_static: bool = False
     """Whether the int8-static flow (PT2E + Inductor) was verified on this family."""
+    pretrained: Callable[[nn.Module, Any], None] | None = None
+    """Loads a pretrained GPT (``lab.hub.Pretrained``: its config, state dict and tokenizer) into a
+    freshly built model of this family; raises LabError naming the tensor and both shapes on a
+    mismatch. None = ``model.init_from`` is refused for this family."""
+    lora_targets: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict, hash=False)
+    """LoRA (``finetune.method: lora``): module-name suffixes of the Linears that get adapters, by kind --
+    ``{"attention": (...), "mlp": (...)}``; ``finetune.targets`` picks a kind (or both). Empty = LoRA refused."""
+    lora_trainable: tuple[str, ...] = ()
+    """Module-name suffixes that keep training in full under LoRA (a task head the pretrained model lacks)."""
     export_formats: tuple[str, ...] = ("safetensors", "onnx", "torchscript")
     """Formats ``lab export`` writes for it."""
+    explain: Explainable | None = None
+    """What ``lab explain`` shows for it (attribution methods, attention, logit lens); None = refused."""
     describe: str = ""
     """One line for an export's README: what goes in and what comes out. (The panel shows the
     controls whose fields the config dataclass has; the dashboard counts ``unit`` and ranks by ``metric``.)"""

@@ -24,6 +24,9 @@ from torch import nn
 
 from lab.errors import ConfigError, require, require_positive
 
+ACTIVATIONS = ("gelu", "gelu_tanh")
+"""``GPTConfig.activation`` values: torch's exact GELU, and its tanh approximation (GPT-2's ``gelu_new``)."""
+
 
 @dataclass
 class GPTConfig:
@@ -45,6 +48,12 @@ class GPTConfig:
     """Dropout on embeddings, attention weights and residual branches; 0 for small data or pretraining."""
     bias: bool = False
     """Biases in Linear and LayerNorm layers; True matches GPT-2, False is a little faster and as good."""
+    activation: str = "gelu"
+    """The MLP's GELU: "gelu" (exact, erf) or "gelu_tanh" (the tanh approximation GPT-2 was trained with)."""
+    init_from: str | None = None
+    """Start from pretrained weights: a Hugging Face Hub id (gpt2), a local folder in the HF layout, or a
+    lab run (<experiment>/<run_id>, a run folder or a .ckpt). The shape fields must then be the source's
+    (vocab_size null takes it; block_size may be shorter: the position table is cut); null = random init."""
 
     def validate(self) -> None:
         """Refuse a shape that cannot be built, naming the field and what is allowed."""
@@ -53,6 +62,9 @@ class GPTConfig:
                 "a whole number >= 1, or null to take it from the tokenizer")
         check_heads(self)
         require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
+        require(self.activation in ACTIVATIONS, "model.activation", self.activation, " or ".join(ACTIVATIONS))
+        require(self.init_from is None or bool(self.init_from.strip()), "model.init_from", self.init_from,
+                "a Hub id, a folder, a run, or null")
 
 
 def check_heads(c: "GPTConfig | object") -> None:
@@ -90,10 +102,11 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     """The feed-forward half of a block: widen 4x, GELU, project back."""
 
-    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False) -> None:
+    def __init__(self, n_embd: int, dropout: float = 0.0, bias: bool = False, activation: str = "gelu") -> None:
         super().__init__()
         self.c_fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.gelu = nn.GELU()
+        # GPT-2's weights were trained with the tanh approximation: the exact GELU moves its logits by ~1e-3.
+        self.gelu = nn.GELU(approximate="tanh" if activation == "gelu_tanh" else "none")
         self.c_proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
         self.dropout = nn.Dropout(dropout)
 
@@ -105,14 +118,14 @@ class Block(nn.Module):
     """Pre-LayerNorm transformer block: ``x + attn(ln_1(x))``, then ``x + mlp(ln_2(x))``."""
 
     def __init__(self, n_embd: int, n_head: int, dropout: float = 0.0, bias: bool = False,
-                 is_causal: bool = True) -> None:
+                 is_causal: bool = True, activation: str = "gelu") -> None:
         super().__init__()
         # Normalising the branch inputs (not the sum) keeps a clean residual path, which
         # is what lets deep stacks train without warm-up tricks.
         self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
         self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias, is_causal=is_causal)
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
+        self.mlp = MLP(n_embd, dropout, bias, activation)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.ln_1(x))
@@ -133,8 +146,8 @@ class GPT(nn.Module):
             wte=nn.Embedding(config.vocab_size, config.n_embd),
             wpe=nn.Embedding(config.block_size, config.n_embd),
             drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList(Block(config.n_embd, config.n_head, config.dropout, config.bias)
-                            for _ in range(config.n_layer)),
+            h=nn.ModuleList(Block(config.n_embd, config.n_head, config.dropout, config.bias,
+                                  activation=config.activation) for _ in range(config.n_layer)),
             ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
         ))
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)

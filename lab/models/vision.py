@@ -5,6 +5,7 @@
     x = torch.randn(64, 1, 8, 8)                     # a batch of 8x8 digits
     CNN(CNNConfig(channels=[16, 32]))(x)             # logits [64, 10]
     ViT(ViTConfig(patch_size=2, n_embd=64))(x)       # logits [64, 10]
+    CNN(CNNConfig(image_size=40, image_width=41))(torch.randn(8, 1, 40, 41))   # a log-mel spectrogram: bands x frames
 
 The ViT is the GPT's ``Block`` with bidirectional attention (``is_causal=False``): an image
 patch may look at every other patch, and there is only one transformer block in the lab.
@@ -39,20 +40,29 @@ class CNNConfig:
     dropout: float = 0.1
     """Dropout before the output layer."""
     image_size: int = 8
-    """Height and width of the (square) input images, in pixels."""
+    """Height of the input images in pixels (and their width, unless image_width says otherwise)."""
+    image_width: int | None = None
+    """Width of the input images in pixels (a spectrogram's frames); null = square, image_size wide."""
 
     def __post_init__(self) -> None:
         # YAML gives lists; a tuple keeps the config hashable and its type honest.
         self.channels = tuple(self.channels)
 
+    @property
+    def width(self) -> int:
+        """The input width in pixels: ``image_width``, or ``image_size`` for square images."""
+        return self.image_size if self.image_width is None else self.image_width
+
     def validate(self) -> None:
         """Refuse a shape that cannot be built, naming the field and what is allowed."""
         require_positive("model", self, "channels", "hidden", "num_classes", "image_size")
+        require(self.image_width is None or self.image_width >= 1, "model.image_width", self.image_width,
+                "a whole number >= 1, or null for square images")
         require(0 <= self.dropout < 1, "model.dropout", self.dropout, "a number in [0, 1)")
 
 
 class CNN(nn.Module):
-    """Conv stages (3x3 conv, BatchNorm, ReLU, 2x2 max-pool while the image is >= 2 px) -> MLP head."""
+    """Conv stages (3x3 conv, BatchNorm, ReLU, 2x2 max-pool while both sides are >= 2 px) -> MLP head."""
 
     def __init__(self, config: CNNConfig) -> None:
         super().__init__()
@@ -60,20 +70,20 @@ class CNN(nn.Module):
         channels = tuple(config.channels)
         self.config = config
         layers: list[nn.Module] = []
-        in_ch, size = IN_CHANNELS, config.image_size
+        in_ch, height, width = IN_CHANNELS, config.image_size, config.width
         for out_ch in channels:
             # No conv bias: BatchNorm's shift right after it would cancel it anyway.
             layers += [nn.Conv2d(in_ch, out_ch, 3, padding=1, bias=False), nn.BatchNorm2d(out_ch), nn.ReLU()]
             # Halve the resolution while there is any left, so an 8x8 input with many
             # stages ends at 1x1 instead of a pooling error.
-            if size >= 2:
+            if min(height, width) >= 2:
                 layers.append(nn.MaxPool2d(2))
-                size //= 2
+                height, width = height // 2, width // 2
             in_ch = out_ch
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_ch * size * size, config.hidden),
+            nn.Linear(in_ch * height * width, config.hidden),
             nn.ReLU(),
             nn.Dropout(config.dropout),
             nn.Linear(config.hidden, config.num_classes),
@@ -84,7 +94,7 @@ class CNN(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 1, image_size, image_size]`` -> logits ``[B, num_classes]``."""
+        """Images ``[B, 1, image_size, width]`` -> logits ``[B, num_classes]``."""
         return self.head(self.features(x))
 
 

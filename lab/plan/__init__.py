@@ -53,6 +53,8 @@ FIT_MARGIN = 0.10
 """A plan fits when it leaves this share of device memory free: allocator fragmentation, the CUDA
 context and communication buffers are not in the estimate."""
 DEFAULT_MFU = 0.40
+LORA_STRATEGIES = ("single", "ddp")
+"""What ``lab fit`` trains LoRA with (``lab.strategies.check_supported`` refuses sharding it)."""
 
 
 def accelerator(name: str | None = None) -> Accelerator:
@@ -259,6 +261,9 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
     host = parse_count(host_memory, "host_memory") if host_memory is not None else _this_host_memory()
     world = devices * nodes
     strategy = _strategy(strategy, t.strategy, world)
+    if cfg.finetune.lora and strategy not in LORA_STRATEGIES:
+        raise ConfigError("strategy", strategy, f"{' or '.join(LORA_STRATEGIES)} with finetune.method lora "
+                          "(what lab fit trains LoRA with: lab.strategies.check_supported says why)")
     acc = device if isinstance(device, Accelerator) else accelerator(device)
     notes: list[str] = []
     facts = model_facts(cfg, micro_batch, notes)
@@ -290,6 +295,10 @@ def plan(config: str | Path | Config = "gpt-nano", overrides: Iterable[str] | Ma
     if activation_checkpointing:
         notes.append("train it with --trainer.activation_checkpointing true: each block is recomputed in backward "
                      "(a third more compute, counted in the time)")
+    if cfg.finetune.lora:
+        notes.append(f"LoRA: only the {facts.trainable:,} trainable parameters ({facts.trainable / facts.params:.2%}) "
+                     "have gradients and optimizer states; FLOPs and times are full training's (6N), an upper bound: "
+                     "frozen weights skip their gradients")
     if not acc.bf16 and precision.startswith("bf16"):
         notes.append(f"{acc.name} has no bf16: train with 16-mixed / 16-true (same bytes, same fp16 peak)")
     if acc.kind == "cpu" and strategy.startswith(("deepspeed", "fsdp")):
@@ -357,6 +366,8 @@ def recommend(config: str | Path | Config = "gpt-nano", *, label: str | None = N
     while batches[-1] > 1:
         batches.append(batches[-1] // 2)
     for devices, nodes, strategy in _candidates(acc, gpus_per_node or 8, max_nodes):
+        if cfg.finetune.lora and strategy not in LORA_STRATEGIES:
+            continue
         for b in batches:
             accumulate = max(1, round(target / (b * devices * nodes)))
             p = plan(cfg, precision=precision, optimizer=optimizer, strategy=strategy, devices=devices, nodes=nodes,

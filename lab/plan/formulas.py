@@ -18,6 +18,9 @@ Sources:
 - Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
   section 4.1: a transformer layer saves ``s*b*h*(34 + 5*a*s/h)`` bytes of 16-bit activations.
 - Chowdhery et al. 2022 (PaLM), appendix B: ``6*N + 12*L*h*s`` training FLOPs per token.
+- Hu et al. 2021, "LoRA: Low-Rank Adaptation of Large Language Models": frozen weights need no
+  gradients or optimizer states; what LoRA saves in activations is the lab's own count
+  (``gpt_lora_activation_change``), checked against autograd's saved tensors.
 
 Everything here is arithmetic on numbers; ``lab.plan`` supplies the model's numbers.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.config import PRECISIONS as PRECISION_NAMES
+from lab.finetune import KINDS, kinds
 
 
 @dataclass(frozen=True)
@@ -168,6 +172,40 @@ def gpt_layer_activation_bytes(micro_batch: int, seq_len: int, n_embd: int, n_he
     if dropout > 0:
         saved += 2 * sbh
     return int(saved)
+
+
+def gpt_lora_activation_change(micro_batch: int, seq_len: int, n_embd: int, n_head: int, precision: Precision,
+                               targets: str, rank: int, lora_dropout: float = 0.0,
+                               dropout: float = 0.0) -> tuple[int, int]:
+    """How LoRA (frozen base, adapters on ``targets``) changes the saved activations: (per block, once).
+
+    Autograd saves a matmul's input only to compute its weight's gradient, so with the base
+    frozen (measured on the lab's GPT, ``tests/test_plan.py``):
+
+    - per block: a frozen Linear's input is not saved -- c_attn's (1 ``sbh``) without attention
+      adapters, c_fc's and the MLP c_proj's (1 + 4) without MLP adapters; the attention output
+      (c_proj's input) stays, SDPA's backward keeps it. Each adapter adds A's output
+      (``sbr`` elements, B's gradient needs it); LoRA dropout adds a one-byte mask per input element
+      (as the fused GPU kernel keeps it; on the CPU, dropout keeps its mask in the input's dtype);
+    - once: nothing before the first adapter runs backward -- the first block's ln_1 (and, with
+      MLP adapters only, its whole attention half: Q, K, V, output, log-sum-exp, ln_2, the dropout
+      mask and autocast's copies of its weights); the frozen LM head's input is not saved (ln_f's
+      input still is).
+    """
+    sb, sbh = micro_batch * seq_len, micro_batch * seq_len * n_embd
+    act, norm = precision.act, precision.norm
+    attention, mlp = (kind in kinds(targets) for kind in KINDS)
+    per_block = -(0 if attention else sbh * act) - (0 if mlp else 5 * sbh * act)
+    per_block += ((2 if attention else 0) + (2 if mlp else 0)) * sb * rank * act
+    if lora_dropout > 0:
+        # A one-byte mask per adapter input element (widths: c_attn h, c_proj h; c_fc h, MLP c_proj 4h);
+        # A then saves the dropped input instead of the input, except after attention, which SDPA keeps.
+        per_block += sb * n_embd * ((2 if attention else 0) + (5 if mlp else 0)) + (sbh * act if attention else 0)
+    once = -(sbh * norm + 8 * sb) - sbh * act
+    if not attention:
+        once -= 4 * sbh * act + 4 * n_head * sb + sbh * norm + 8 * sb + (sbh if dropout > 0 else 0)
+        once -= 4 * n_embd * n_embd * precision.cast  # autocast keeps no copy of frozen weights no backward uses
+    return int(per_block), int(once)
 
 
 def gpt_output_activation_bytes(micro_batch: int, seq_len: int, n_embd: int, vocab_size: int,

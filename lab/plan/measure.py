@@ -118,7 +118,7 @@ def measure(cfg: Config, precision: str = "32-true", micro_batch: int | None = N
 
     def train() -> None:
         L.seed_everything(0, verbose=False)
-        module = build_module(cfg)
+        module = build_module(cfg, pretrained=False)  # bytes do not depend on the values: no download
         trainer = L.Trainer(max_steps=steps, accelerator="gpu" if device == "cuda" else "cpu", devices=1,
                             precision=precision, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                             enable_model_summary=False, limit_val_batches=0, num_sanity_val_steps=0,

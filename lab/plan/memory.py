@@ -12,6 +12,9 @@ How each strategy lays out the model states (sources in ``lab.plan.formulas``):
   fp32 Adam moments, 4 + 4 + 8 = 16 bytes per parameter, the ZeRO paper's figure (there as
   2 + 2 + 12). DDP adds its gradient buckets (as large as the gradients, because Lightning
   leaves ``gradient_as_bucket_view`` off); autocast adds a 16-bit copy of each weight.
+  Under LoRA (``finetune.method: lora``) only the trainable parameters (``ModelFacts.trainable``)
+  have gradients, buckets and optimizer states, and fewer activations are saved
+  (``gpt_lora_activation_change``); ``lab fit`` trains LoRA with single or ddp only.
 - fsdp / fsdp_grad_op: the ZeRO-3 / ZeRO-2 partitioning of the same fp32 states, plus the
   gathered 16-bit parameters and gradients of the FSDP units held at once. The lab's ``fsdp``
   wraps each block of the model's family (``auto_wrap_policy``), so FULL_SHARD holds the root
@@ -29,6 +32,7 @@ from lab.plan.formulas import (
     PRECISIONS,
     Precision,
     gpt_layer_activation_bytes,
+    gpt_lora_activation_change,
     gpt_loss_backward_bytes,
     gpt_output_activation_bytes,
     optimizer_bytes_per_param,
@@ -75,12 +79,18 @@ def activation_bytes(facts: ModelFacts, prec: Precision, micro_batch: int, check
         return facts.traced_activation_bytes.get(kind, 0) * (2 if prec.weight == 8 else 1), 0
     s, h = shape.seq_len, shape.n_embd
     layer = gpt_layer_activation_bytes(micro_batch, s, h, shape.n_head, prec, shape.dropout)
+    once = 0
+    lora = facts.finetune
+    if lora is not None:  # frozen weights need no saved inputs: fewer activations per block
+        per_block, once = gpt_lora_activation_change(micro_batch, s, h, shape.n_head, prec, lora.targets, lora.rank,
+                                                     lora.dropout, shape.dropout)
+        layer += per_block
     if checkpointing:
         # Full recomputation (Korthikanti et al., section 4.2): keep each block's input, and
         # one block's activations while it is recomputed in the backward pass.
         saved = shape.n_layer * micro_batch * s * h * prec.norm + layer
-    else:
-        saved = shape.n_layer * layer
+    else:  # (with recomputation the first block's and the head's savings are left out: a little over)
+        saved = shape.n_layer * layer + once
     saved += gpt_output_activation_bytes(micro_batch, s, h, shape.vocab, prec)
     return saved, gpt_loss_backward_bytes(micro_batch, s, shape.vocab, prec)
 
@@ -90,7 +100,7 @@ def estimate_memory(facts: ModelFacts, prec: Precision, optimizer: str, momentum
                     notes: list[str] | None = None) -> MemoryBreakdown:
     """Bytes per device for ``strategy`` on ``devices`` x ``nodes`` (see the module docstring)."""
     notes = notes if notes is not None else []
-    P, n = facts.params, devices * nodes
+    P, n, T = facts.params, devices * nodes, facts.trainable  # T: parameters with gradients and optimizer states
     act_prec = prec
     host = 0
     if strategy.startswith("deepspeed"):
@@ -129,11 +139,11 @@ def estimate_memory(facts: ModelFacts, prec: Precision, optimizer: str, momentum
                 notes.append(f"fsdp gathers all {P:,} parameters at once here (no blocks to wrap one by one, "
                              "or SHARD_GRAD_OP)")
         else:
-            weights, grads, opt = w * P, g * P, o * P
+            weights, grads, opt = w * P, g * T, o * T
             # Autocast's 16-bit weight copies (a traced model's trace already holds them).
             other = prec.cast * P if facts.shape is not None else 0
             if strategy == "ddp" and n > 1:
-                other += g * P  # DDP's gradient buckets (gradient_as_bucket_view=False)
+                other += g * T  # DDP's gradient buckets (gradient_as_bucket_view=False)
     saved, transient = activation_bytes(facts, act_prec, micro_batch, activation_checkpointing)
     if activation_checkpointing and facts.shape is None:
         notes.append(f"activation checkpointing is planned for transformer blocks only; {facts.name} is planned without")

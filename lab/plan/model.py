@@ -17,6 +17,7 @@ meta device for models above ``REAL_TRACE_LIMIT`` parameters.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from lab.config import Config
 from lab.families import ModelFamily, TransformerShape, family_of
+from lab.finetune import FinetuneConfig, apply, trainable_summary
 from lab.plan.formulas import gpt_flops_per_token
 
 REAL_TRACE_LIMIT = 20_000_000
@@ -60,6 +62,15 @@ class ModelFacts:
     """Families without a transformer shape: bytes saved for backward per micro-batch, by precision
     kind ("32", "16", "mixed"; "mixed" includes autocast's weight copies), traced on the CPU (or the
     meta device for big models)."""
+    trainable_params: int | None = None
+    """Parameters that train (get gradients and optimizer states); None = all of them."""
+    finetune: FinetuneConfig | None = None
+    """The LoRA settings when only adapters train (``finetune.method: lora``), else None."""
+
+    @property
+    def trainable(self) -> int:
+        """Parameters with gradients and optimizer states."""
+        return self.params if self.trainable_params is None else self.trainable_params
 
 
 def _largest_layer(model: nn.Module) -> int:
@@ -100,9 +111,10 @@ def model_facts(cfg: Config, micro_batch: int, notes: list[str] | None = None) -
     if note:
         notes.append(note)
     # recommend() plans dozens of setups of one model: build it once per shape (and micro-batch, for tracing).
-    key = repr((m, None if fam.transformer else micro_batch))
+    fc = cfg.finetune
+    key = repr((m, fc if fc.lora else None, None if fam.transformer else micro_batch))
     if key not in _CACHE:
-        _CACHE[key] = _facts(fam, m, micro_batch)
+        _CACHE[key] = _facts(fam, m, micro_batch, fc)
     return dataclasses.replace(_CACHE[key])
 
 
@@ -114,16 +126,22 @@ def _fsdp_unit(model: nn.Module, blocks: tuple[type[nn.Module], ...]) -> int:
     return total - sum(sizes) + 2 * max(sizes)
 
 
-def _facts(fam: ModelFamily, m: Any, micro_batch: int) -> ModelFacts:
-    facts = _counted(fam, m, micro_batch)
-    with torch.device("meta"):
-        facts.fsdp_unit_params = _fsdp_unit(fam.build(m), fam.blocks)
+def _facts(fam: ModelFamily, m: Any, micro_batch: int, fc: FinetuneConfig) -> ModelFacts:
+    model = _build(fam, m, fc, "meta")
+    facts = _counted(fam, m, model, micro_batch, fc)
+    facts.fsdp_unit_params = _fsdp_unit(model, fam.blocks)
+    if fc.lora:  # only the adapters (and a new head) get gradients and optimizer states
+        facts.trainable_params, facts.finetune = trainable_summary(model)[0], fc
     return facts
 
 
-def _counted(fam: ModelFamily, m: Any, micro_batch: int) -> ModelFacts:
-    with torch.device("meta"):
-        model = fam.build(m)
+def _build(fam: ModelFamily, m: Any, fc: FinetuneConfig, device: str | None = None) -> nn.Module:
+    """The model as ``fit`` trains it: built, then frozen and adapted as ``finetune`` says."""
+    with torch.device(device) if device else contextlib.nullcontext():
+        return apply(fam.build(m), fc, fam)
+
+
+def _counted(fam: ModelFamily, m: Any, model: nn.Module, micro_batch: int, fc: FinetuneConfig) -> ModelFacts:
     n = sum(p.numel() for p in model.parameters())
     if fam.transformer is not None:
         shape = fam.transformer(m)
@@ -135,7 +153,7 @@ def _counted(fam: ModelFamily, m: Any, micro_batch: int) -> ModelFacts:
     x, y = _on(fam.example(m, micro_batch, None), "meta")
     saved32, flops = trace_training_step(model.train(), x, y, fam.loss)
     if n <= REAL_TRACE_LIMIT:
-        traced = _trace_precisions(fam, m, micro_batch)
+        traced = _trace_precisions(fam, m, micro_batch, fc)
     else:
         # Too big to build for real: fp32 from the meta trace, 16-bit halved, autocast in between.
         traced = {"32": saved32, "16": saved32 // 2, "mixed": saved32 * 3 // 4}
@@ -147,7 +165,7 @@ def _on(batch: tuple[torch.Tensor, torch.Tensor], device: str) -> tuple[torch.Te
     return batch[0].to(device), batch[1].to(device)
 
 
-def _trace_precisions(fam: ModelFamily, m: Any, micro_batch: int) -> dict[str, int]:
+def _trace_precisions(fam: ModelFamily, m: Any, micro_batch: int, fc: FinetuneConfig) -> dict[str, int]:
     """Saved bytes per micro-batch in fp32, in 16 bits, and under autocast, traced for real on the CPU.
 
     Meta tensors cannot be autocast, and which tensors autocast keeps in fp32 (norms, losses)
@@ -155,7 +173,7 @@ def _trace_precisions(fam: ModelFamily, m: Any, micro_batch: int) -> dict[str, i
     (activations grow linearly with the batch).
     """
     b = min(micro_batch, 8)
-    model = fam.build(m).train()
+    model = _build(fam, m, fc).train()
     x, y = fam.example(m, b, torch.Generator().manual_seed(0))
     loss_fn = fam.loss
 
@@ -166,7 +184,9 @@ def _trace_precisions(fam: ModelFamily, m: Any, micro_batch: int) -> dict[str, i
     out = {"32": trace_training_step(model, x, y, loss_fn)[0],
            "mixed": trace_training_step(_Autocast(model), x, y, autocast_loss)[0]}
     half = model.to(torch.bfloat16)
-    out["16"] = trace_training_step(half, x.to(torch.bfloat16), y.to(torch.bfloat16) if y.is_floating_point() else y,
+    # Ids (tokens, users) stay integers: only floating inputs become 16-bit.
+    out["16"] = trace_training_step(half, x.to(torch.bfloat16) if x.is_floating_point() else x,
+                                    y.to(torch.bfloat16) if y.is_floating_point() else y,
                                     loss_fn)[0]
     return {k: v * micro_batch // b for k, v in out.items()}
 

@@ -91,6 +91,7 @@ def plan_text(p: Plan) -> str:
     peak = acc.bf16_flops if PRECISIONS[p.precision].half else acc.fp32_flops
     lines = [
         f"model      {p.config}: {m.name}, {m.params:,} parameters"
+        + (f" ({m.trainable:,} train: LoRA rank {m.finetune.rank} on {m.finetune.targets})" if m.finetune else "")
         + (f", seq {p.seq_len}" if m.unit == "tokens" else ""),
         f"setup      {p.strategy} on {p.devices} x {p.nodes} node(s) of {acc.name} ({acc.source}), "
         f"{p.precision}, {p.optimizer}, micro-batch {p.micro_batch} x accumulate {p.accumulate}"

@@ -54,8 +54,14 @@ FIELDS: dict[str, str] = {
     "strategy": "trainer.strategy",
     "devices": "trainer.devices",
     "hidden": "model.hidden",
+    "finetune": "finetune.method",
+    "lora_rank": "finetune.rank",
+    "lora_alpha": "finetune.alpha",
+    "lora_targets": "finetune.targets",
 }
 """Widget name -> dotted config key. ``preset`` is the one widget that is not a config value."""
+LORA_FIELDS = ("finetune", "lora_rank", "lora_alpha", "lora_targets")
+"""Widgets that mean something only for a family that names LoRA targets (``ModelFamily.lora_targets``)."""
 
 # Strategies that start worker processes by re-running the script (ddp, ddp_spawn) cannot work
 # from a notebook, whose code is not a script: Lightning's ddp_notebook forks the kernel instead.
@@ -78,8 +84,10 @@ def tooltips(cfg: Config) -> dict[str, str]:
 
 
 def applicable(cfg: Config) -> dict[str, bool]:
-    """Which widgets mean something for this config (an MLP has no n_head, a CNN no block size)."""
-    return {name: _get(cfg, key) is not None for name, key in FIELDS.items()}
+    """Which widgets mean something for this config (an MLP has no n_head, a CNN no block size, and
+    LoRA's only where the family names the layers it adapts)."""
+    lora = bool(family_of(cfg).lora_targets)
+    return {name: _get(cfg, key) is not None and (lora or name not in LORA_FIELDS) for name, key in FIELDS.items()}
 
 
 def state_from_config(config: str | Config, preset: str | None = None) -> dict[str, Any]:
@@ -92,9 +100,9 @@ def state_from_config(config: str | Config, preset: str | None = None) -> dict[s
     else:
         cfg = config
     state: dict[str, Any] = {"preset": preset or cfg.experiment}
+    applies = applicable(cfg)
     for name, key in FIELDS.items():
-        value = _get(cfg, key)
-        state[name] = value
+        state[name] = _get(cfg, key) if applies[name] else None
     return state
 
 
@@ -149,6 +157,8 @@ class Assessment:
     """The validated config, when it is valid."""
     params: int | None = None
     """Parameters (tied weights once), from the planner's meta-device build of the model ``fit`` builds."""
+    trainable: int | None = None
+    """Of those, the ones that train (all, or LoRA's adapters): only they have gradients and optimizer states."""
     flops_per_unit: float | None = None
     """Training FLOPs per token (GPT) or per sample."""
     unit: str = "tokens"
@@ -185,8 +195,9 @@ def assess(state: Mapping[str, Any], base: Mapping[str, Any] | None = None, *, d
         p = plan(_as_built(cfg), device=device, with_recommendation=False)
     except LabError as e:  # e.g. a strategy the planner cannot estimate on this device, a block size the data lacks
         return Assessment(ok=True, config=cfg, notes=[f"no memory estimate: {e}"])
-    a = Assessment(ok=True, config=cfg, params=p.model.params, flops_per_unit=p.flops_per_unit, unit=p.model.unit,
-                   memory_bytes=p.memory.total, device_memory=p.device.memory, fits=p.fits, notes=list(p.notes))
+    a = Assessment(ok=True, config=cfg, params=p.model.params, trainable=p.model.trainable,
+                   flops_per_unit=p.flops_per_unit, unit=p.model.unit, memory_bytes=p.memory.total,
+                   device_memory=p.device.memory, fits=p.fits, notes=list(p.notes))
     if not p.fits:
         a.ok = False
         a.reason = (f"the planner estimates {human_bytes(p.memory.total)} per device, more than {1 - FIT_MARGIN:.0%} "

@@ -27,13 +27,16 @@ import ipywidgets as w
 
 from lab.config import PRECISIONS, STRATEGIES, list_presets
 from lab.errors import LabError
+from lab.finetune import METHODS, TARGETS
 from lab.units import human_bytes
 from lab.widgets.live import LiveFeed, Throttle, chart_png
-from lab.widgets.mapping import (Assessment, TrainJob, active_job, assess, config_from_state, human, state_from_config,
-                                 tooltips, watch)
+from lab.widgets.mapping import (LORA_FIELDS, Assessment, TrainJob, active_job, assess, config_from_state, human,
+                                 state_from_config, tooltips, watch)
 
 MODEL_FIELDS = ("n_layer", "n_head", "n_embd", "block_size", "dropout", "hidden")
 """Widgets for model fields: hidden when the preset's model has no such field (an MLP has no heads)."""
+HIDDEN_WHEN_ABSENT = (*MODEL_FIELDS, *LORA_FIELDS)
+"""Widgets hidden when they do not apply: model fields the model lacks, LoRA where the family names no targets."""
 
 
 def _wide() -> dict[str, Any]:
@@ -85,6 +88,10 @@ class HyperparameterPanel:
             "precision": w.Dropdown(description="precision", options=list(PRECISIONS), **_wide()),
             "strategy": w.Dropdown(description="strategy", options=list(STRATEGIES), **_wide()),
             "devices": w.BoundedIntText(description="devices", min=1, max=64, **_wide()),
+            "finetune": w.Dropdown(description="fine-tune", options=list(METHODS), **_wide()),
+            "lora_rank": w.IntSlider(description="LoRA rank", min=1, max=64, **_wide()),
+            "lora_alpha": w.FloatSlider(description="LoRA alpha", min=1.0, max=128.0, step=1.0, **_wide()),
+            "lora_targets": w.Dropdown(description="LoRA targets", options=list(TARGETS), **_wide()),
         }
         self.readout = w.HTML()
         self.train_button = w.Button(description="Train", button_style="success", icon="play")
@@ -137,7 +144,7 @@ class HyperparameterPanel:
                 # None: the model has no such field; "auto" devices: leave it to the config.
                 unset = value is None or (name == "devices" and not isinstance(value, int))
                 widget.disabled = unset and name != "preset"
-                if name in MODEL_FIELDS:
+                if name in HIDDEN_WHEN_ABSENT:
                     widget.layout.display = "none" if value is None else None
                 if name == "hidden":
                     widget.description = "hidden width" if isinstance(value, int) else "hidden layers"
@@ -177,6 +184,8 @@ class HyperparameterPanel:
     @staticmethod
     def _readout_html(a: Assessment) -> str:
         params = "-" if a.params is None else f"{a.params:,}"
+        if a.params and a.trainable is not None and a.trainable < a.params:  # LoRA: what trains, and its share
+            params += f" &nbsp; <b>trainable</b> {a.trainable:,} ({a.trainable / a.params:.2%})"
         lr = f" &nbsp; <b>learning rate</b> {a.config.optimizer.lr:.4g}" if a.config is not None else ""
         figures = (f"<b>parameters</b> {params} &nbsp; <b>FLOPs/{a.unit[:-1]}</b> {human(a.flops_per_unit)}"
                    f" &nbsp; <b>memory/device</b> {human_bytes(a.memory_bytes)} of {human_bytes(a.device_memory)}{lr}")

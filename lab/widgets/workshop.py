@@ -39,6 +39,13 @@ _SMALL: dict[str, dict[str, Any]] = {
     "seed-mlp": {"trainer.max_steps": 40, **_SMALL_TRAINER},
     "digits-cnn": {"trainer.max_steps": 30, **_SMALL_TRAINER},
     "digits-vit": {"model.n_layer": 1, "trainer.max_steps": 30, **_SMALL_TRAINER},
+    "speech-cnn": {"model.channels": [8, 16], "model.hidden": 32, "trainer.max_steps": 30,
+                   "optimizer.warmup_steps": 3, **_SMALL_TRAINER},
+    # gpt-nano's small backbone (and its block_size, 64 in both presets), so model.init_from can start it.
+    "sentiment": {"model.n_layer": 1, "model.n_head": 2, "model.n_embd": 32, "trainer.max_steps": 30,
+                  "optimizer.warmup_steps": 5, **_SMALL_TRAINER},
+    "recommender-mf": {"data.n_users": 200, "data.n_items": 100, "data.interactions": 15, "data.batch_size": 64,
+                       "trainer.max_steps": 60, "optimizer.warmup_steps": 5, **_SMALL_TRAINER},
 }
 
 
