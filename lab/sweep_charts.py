@@ -3,12 +3,15 @@
     from lab import sweep_charts, sweep_study
     study = sweep_study.open_study("runs/gpt-nano/sweeps/lr")      # or sweep(...).study
     for name, chart in sweep_charts.charts(study).items():      # a study, or sweep_study.view(study)
-        chart                                                      # displays in Jupyter
+        Image(sweep_charts.png(chart))                             # in Jupyter, offline (IPython.display.Image)
 
 The charts are the lab's own, in Altair (already the dashboard's chart library), rather than
 ``optuna.visualization``'s: those need plotly, one more large dependency, and Plotly figures load
-their JavaScript from a CDN in a notebook unless configured otherwise; Vega-Lite renders offline in
-both Streamlit and Jupyter. The data comes from ``lab.sweep_study`` (tested there).
+their JavaScript from a CDN in a notebook unless configured otherwise. Streamlit draws the charts
+with the Vega it ships; a notebook gets them as PNGs from ``png`` (vl-convert: Vega's own renderer,
+compiled into the wheel), because Altair 6's Vega-Lite 6 has no renderer in JupyterLab 4 and its
+HTML fallback loads Vega from a CDN, which fails offline. The data comes from ``lab.sweep_study``
+(tested there).
 """
 
 from __future__ import annotations
@@ -70,6 +73,13 @@ def intermediate_chart(rows: list[dict[str, Any]], metric: str) -> alt.Chart | N
         x=alt.X("step:Q", title="step"), y=alt.Y("value:Q", title=metric, scale=alt.Scale(zero=False)),
         detail="trial:N", color=alt.Color("state:N", title="trial"), tooltip=["trial", "state", "step", "value"]
     ).properties(title="Values at each validation (pruned trials stop early)", height=280)
+
+
+def png(chart: alt.TopLevelMixin, scale: float = 1.5) -> bytes:
+    """``chart`` drawn to PNG bytes without a browser or the web (vl-convert), for notebooks and files."""
+    import vl_convert  # imported here: only notebooks and files need it, the dashboard does not
+
+    return vl_convert.vegalite_to_png(chart.to_json(), scale=scale)
 
 
 def charts(study: Any) -> dict[str, alt.Chart]:

@@ -111,7 +111,11 @@ def config_lrs(found: list[runs.Run]) -> list[float]:
 
 
 def _check_04(nb, root: Path) -> None:
-    found = _runs(root, "optimization")
+    from lab import sweep_study
+
+    # The sweep's trials are runs of the same experiment, told apart by the sweep in their summary.json.
+    trials = [r for r in _runs(root, "optimization") if "sweep" in r.summary]
+    found = [r for r in _runs(root, "optimization") if "sweep" not in r.summary]
     assert len(found) >= 10 and all(r.status == "completed" for r in found)
     assert sum(_loss_fell(r) for r in found) >= len(found) - 2  # a deliberately too-high lr may not fall
     out = _text(nb)
@@ -121,6 +125,25 @@ def _check_04(nb, root: Path) -> None:
     suggested = float(out.split("suggested learning rate: ")[1].split()[0])
     assert any(r.config["optimizer"]["lr"] == pytest.approx(suggested, rel=0.05) for r in found)
     assert not list(NOTEBOOKS_DIR.glob(".lr_find*")), "the LR finder's temporary checkpoint must not land in notebooks/"
+    # The sweep: 3 finished trials (small mode) in its study under runs/optimization/sweeps/, each one run;
+    # its best trial and the lab fit line that trains it again printed; its charts drawn.
+    study = sweep_study.open_study(runs.sweep_dir(root, "optimization", "lr-schedule"))
+    counts = sweep_study.counts(study)
+    assert counts["complete"] + counts["pruned"] == 3 and counts["complete"] >= 1 and counts["fail"] == 0, counts
+    assert sorted(r.summary["trial"] for r in trials) == [0, 1, 2]
+    assert all(r.summary["sweep"] == "lr-schedule" and r.status == "completed" for r in trials)
+    best = study.best_trial
+    assert f"best: trial {best.number}, val/loss {best.value:.4f} ({best.user_attrs['run']})" in out
+    assert best.user_attrs["run"] in {r.name for r in trials}
+    command = re.search(r"train it again: (lab fit --config gpt-nano .*)", out).group(1)
+    params = best.params
+    assert f"--optimizer.lr {params['optimizer.lr']!r} --optimizer.schedule {params['optimizer.schedule']}" in command
+    assert "--experiment optimization" in command
+    shown = [o for c in nb.cells if "sweep_charts" in c.source
+             for o in c.get("outputs", []) if o.get("output_type") == "display_data"]
+    # PNGs drawn in the kernel: a Vega-Lite output would need the web (Altair 6 has no JupyterLab 4 renderer).
+    assert len(shown) >= 3 and all("image/png" in o["data"] for o in shown), \
+        "the optimization history, parallel coordinates and values at each validation, as images"
 
 
 def _check_05(nb, root: Path) -> None:

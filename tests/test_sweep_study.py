@@ -105,3 +105,13 @@ def test_a_storage_whose_schema_another_process_is_writing_opens_on_the_next_try
     monkeypatch.setattr(ss.time, "sleep", lambda s: None)
     with pytest.raises(LabError, match="cannot open the study storage"):
         ss.storage(url)
+
+
+def test_a_chart_is_drawn_to_png_without_a_browser(tmp_path: Path) -> None:
+    import altair as alt
+    import pandas as pd
+
+    chart = alt.Chart(pd.DataFrame({"trial": [0, 1, 2], "value": [3.0, 2.5, 2.7]})).mark_circle().encode(
+        x="trial:Q", y="value:Q")
+    small, large = sweep_charts.png(chart, scale=1), sweep_charts.png(chart, scale=2)
+    assert small[:8] == b"\x89PNG\r\n\x1a\n" and len(large) > len(small)
