@@ -14,6 +14,7 @@
     lab plan --config gpt2-124m --precision bf16-mixed --devices 8   # memory, FLOPs, time, a recommendation
     lab launch --nodes 2 --gpus-per-node 8 [--slurm] -- lab fit --config gpt2-124m   # torchrun lines / sbatch
     lab sweep --config gpt-nano --space space.yaml --trials 20 [--jobs 2]   # Optuna search; each trial a run
+    lab serve last [--artifact int8-dynamic] [--port 8000] [--api-key KEY]   # OpenAI-compatible HTTP on 127.0.0.1
 
 User errors (bad config, missing files) print one line and exit with code 2;
 Ctrl-C exits with 130 after marking the run ``interrupted``.
@@ -318,6 +319,19 @@ def cmd_dashboard(args: argparse.Namespace, overrides: list[str]) -> int:
     return serve(args.runs_dir, host=args.host, port=args.port)
 
 
+def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
+    from lab.serve import ServeConfig, check, serve
+
+    cfg = ServeConfig(run=args.run, artifact=args.artifact, ckpt=args.ckpt, runs_dir=args.runs_dir, host=args.host,
+                      port=args.port, workers=args.workers, api_key=args.api_key, model_name=args.model_name,
+                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
+                      max_streams=args.max_streams, threads=args.threads)
+    check(cfg)  # options, the run, the artifact: one line and exit 2 before anything loads
+    print(f"serving {args.run} ({args.artifact}) on http://{args.host}:{args.port} -- GET /health says when it is "
+          "ready; Ctrl-C stops", flush=True)
+    return serve(cfg)
+
+
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
@@ -476,6 +490,28 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
     p = add("dashboard", "Start the dashboard (Streamlit) on 127.0.0.1, over the runs of --runs_dir.", cmd_dashboard)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    p = add("serve", "Serve a run over HTTP: OpenAI-compatible /v1/completions for language models, /predict for "
+            "the others, /health and Prometheus /metrics.", cmd_serve)
+    p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path or 'last'")
+    p.add_argument("--artifact", default="fp32", help="fp32 (the checkpoint) or a compressed artifact: int8-dynamic, "
+                   "prune, prune-structured, distill, onnx, onnx-int8")
+    p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
+    p.add_argument("--api-key", "--api_key", dest="api_key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every endpoint but /health")
+    p.add_argument("--model-name", "--model_name", dest="model_name", default=None,
+                   help="the model's name in the API (default: the run's name)")
+    p.add_argument("--max-batch-size", "--max_batch_size", dest="max_batch_size", type=int, default=8,
+                   help="requests batched together (default 8)")
+    p.add_argument("--max-wait-ms", "--max_wait_ms", dest="max_wait_ms", type=float, default=5.0,
+                   help="how long a batch waits for more requests (default 5 ms)")
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=512,
+                   help="most tokens one completion may ask for (default 512)")
+    p.add_argument("--max-streams", "--max_streams", dest="max_streams", type=int, default=16,
+                   help="completions in flight at once; more get 429 (default 16)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: torch's)")
     p = add("plan", "Estimate memory per device, FLOPs and time for training a config, and recommend a setup.",
             cmd_plan, overrides=True, runs_dir=False)
     p.add_argument("--config", default="gpt-nano", help="preset name or YAML path (any model the lab knows)")

@@ -167,3 +167,18 @@ def test_bad_options_are_refused(gpt, tmp_path: Path, method, options) -> None:
     module, dm, cfg = gpt
     with pytest.raises(LabError, match="option"):
         method(module, dm, cfg, tmp_path, **options)
+
+
+def test_a_structurally_pruned_gpt_generates_the_same_with_its_kv_cache():
+    # PrunedAttention takes the GPT's KV cache too (lab.models.gpt.attend): lab serve generates from it.
+    from lab.compress.prune import shrink
+    from lab.families.gpt import STRUCTURE
+    from lab.models.gpt import GPT, GPTConfig
+
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=20, block_size=16, n_layer=2, n_head=4, n_embd=32)).eval()
+    groups = STRUCTURE.groups(model)
+    shrink(model, STRUCTURE, groups, [torch.arange(2) if g.name.endswith("heads") else torch.arange(50)
+                                      for g in groups])
+    x = torch.randint(0, 20, (2, 5), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(model.generate(x, 20, top_k=1), model.generate(x, 20, top_k=1, use_cache=False))

@@ -137,6 +137,64 @@ def test_generate_top_k_one_is_greedy():
     assert model.generate(start, 2, top_k=1000).shape == (2, 6)
 
 
+def test_generate_with_kv_cache_is_greedy_identical_to_recomputing_past_block_size():
+    # block_size 16, 4 + 30 tokens: the cache fills, then the window is cropped and recomputed.
+    model = tiny_gpt().eval()
+    start = torch.randint(0, 17, (3, 4), generator=torch.Generator().manual_seed(1))
+    cached = model.generate(start, 30, top_k=1)
+    plain = model.generate(start, 30, top_k=1, use_cache=False)
+    assert cached.shape == (3, 34)
+    assert torch.equal(cached, plain)
+
+
+def test_generate_takes_a_context_longer_than_block_size():
+    model = tiny_gpt().eval()
+    long = torch.randint(0, 17, (1, 40), generator=torch.Generator().manual_seed(2))  # 2.5 x block_size
+    out = model.generate(long, 5, top_k=1)
+    assert out.shape == (1, 45) and torch.equal(out[:, :40], long)
+    assert torch.equal(out, model.generate(long, 5, top_k=1, use_cache=False))
+
+
+def test_cached_step_computes_the_last_positions_logits_only():
+    model = tiny_gpt().eval()
+    idx = torch.randint(0, 17, (2, 7), generator=torch.Generator().manual_seed(3))
+    cache = gpt_module.KVCache(model.config.n_layer)
+    with torch.no_grad():
+        first = model(idx[:, :6], cache=cache)
+        step = model(idx[:, 6:], cache=cache)
+        full = model(idx)
+    assert first.shape == (2, 17) and step.shape == (2, 17)
+    torch.testing.assert_close(first, full[:, 5], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(step, full[:, 6], atol=1e-5, rtol=1e-5)
+    assert cache.length == 7
+
+
+def test_decoder_left_padding_decodes_each_row_as_if_alone():
+    model = tiny_gpt().eval()
+    short, long = torch.tensor([[3, 5]]), torch.tensor([[1, 2, 4, 6, 8]])
+    batch = torch.tensor([[0, 0, 0, 3, 5], [1, 2, 4, 6, 8]])
+    mask = torch.tensor([[False, False, False, True, True], [True] * 5])
+    dec = gpt_module.Decoder(model, batch, mask)
+    alone = [gpt_module.Decoder(model, short), gpt_module.Decoder(model, long)]
+    for _ in range(20):  # past block_size: the cropped window keeps the padding rule
+        for row, solo in enumerate(alone):
+            torch.testing.assert_close(dec.logits[row], solo.logits[0], atol=1e-4, rtol=1e-4)
+        nxt = dec.logits.argmax(-1)
+        dec.push(nxt)
+        for row, solo in enumerate(alone):
+            solo.push(nxt[row:row + 1])
+
+
+def test_sample_next_top_p_keeps_the_nucleus_and_temperature_zero_is_argmax():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    gen = torch.Generator().manual_seed(0)
+    seen = {int(gpt_module.sample_next(logits, 1.0, top_p=0.7, generator=gen)) for _ in range(200)}
+    assert seen == {0, 1}  # 0.5 alone is short of 0.7; 0.5 + 0.3 reaches it
+    assert int(gpt_module.sample_next(logits, 0.0)) == 0
+    with pytest.raises(ValueError, match="top_p"):
+        gpt_module.check_sampling(1.0, None, 1.5)
+
+
 @pytest.mark.parametrize("temperature", [0.0, -1.0])
 def test_generate_refuses_non_positive_temperature(temperature):
     with pytest.raises(ValueError, match="temperature"):

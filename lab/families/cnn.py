@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from lab.compress.structure import Group, Structure, cuts, neurons
-from lab.families.record import Explainable, ModelFamily
+from lab.families.record import Explainable, ModelFamily, Servable
 from lab.models.vision import CNN, CNNConfig
 from lab.modules import Classifier
 
@@ -63,5 +63,6 @@ FAMILY = ModelFamily(
     name="cnn", config=CNNConfig, model=CNN, data=("digits",), task="classifier", module=module, example=images,
     loss=Classifier.loss, metric="val/accuracy", mode="max", narrow=narrow,
     structure=Structure(groups=conv_groups, shape=conv_shape), explain=IMAGE_EXPLAIN,
+    serve=Servable("image", "numbers"),
     describe="A CNN image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
 )

@@ -17,7 +17,6 @@ import dataclasses
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lab.compress.structure import Group, Structure, cuts, neurons
@@ -25,7 +24,7 @@ from lab.data import DATAMODULES
 from lab.errors import LabError
 from lab.families.record import Explainable, ModelFamily, TransformerShape, replace_config
 from lab.hub import load_gpt, tokenizer_of
-from lab.models.gpt import GPT, Block, GPTConfig
+from lab.models.gpt import GPT, Block, GPTConfig, LayerCache, attend
 from lab.modules import LanguageModel
 
 CHAR_VOCAB_BOUND = 256
@@ -113,12 +112,11 @@ class PrunedAttention(nn.Module):
         self.c_attn, self.c_proj, self.resid_dropout = attn.c_attn, attn.c_proj, attn.resid_dropout
         self.n_head, self.head_dim, self.dropout, self.is_causal = n_head, head_dim, attn.dropout, attn.is_causal
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         inner = self.n_head * self.head_dim
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in self.c_attn(x).split(inner, 2))
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.is_causal)
+        y = attend(q, k, v, self.dropout if self.training else 0.0, self.is_causal, cache)  # a KV cache when generating
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, inner)))
 
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from lab.compress.structure import Group, Structure, neurons
 from lab.errors import ConfigError
-from lab.families.record import Explainable, ModelFamily
+from lab.families.record import Explainable, ModelFamily, Servable
 from lab.models.mlp import MLP, MLPConfig
 from lab.modules import Regressor
 
@@ -53,5 +53,6 @@ FAMILY = ModelFamily(
     loss=Regressor.loss, check=check, narrow=narrow, int8_static=True,
     structure=Structure(groups=hidden_groups, shape=hidden_shape),
     explain=Explainable(("integrated_gradients", "saliency", "occlusion"), "features"),
+    serve=Servable("features", "numbers"),
     describe="An MLP regressor: features [batch, in_features] -> outputs [batch, out_features]",
 )

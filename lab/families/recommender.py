@@ -26,7 +26,7 @@ from torch import nn
 from lab.compress.structure import Group, Structure, cuts
 from lab.data.ratings import RatingsDataModule
 from lab.errors import ConfigError, LabError
-from lab.families.record import ModelFamily, replace_config
+from lab.families.record import ModelFamily, Servable, replace_config
 from lab.models.recommender import Recommender, RecommenderConfig
 from lab.ranking import Ranker, bpr_loss
 
@@ -145,5 +145,6 @@ FAMILY = ModelFamily(
     complete=complete, check=check, plan_shape=plan_shape, narrow=narrow, int8_targets=(nn.Embedding, nn.Linear),
     structure=Structure(groups=item_rows, shape=pruned_section, finish=fewer_items, rebuild=rebuild,
                         importance=chosen_counts),
+    serve=Servable("user", "id", bound="n_users"),
     describe="A recommender: user ids [batch] -> a score for every item [batch, n_items] (higher = recommend first)",
 )

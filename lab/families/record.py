@@ -55,6 +55,36 @@ class Explainable:
                              "baseline mean or black")
 
 
+SERVE_INPUTS = ("numbers", "text", "id")
+"""What one sample of a ``/predict`` body is (``lab.serve.predict`` reads each kind)."""
+
+
+@dataclass(frozen=True)
+class Servable:
+    """How ``lab serve``'s ``/predict`` reads one sample of this family from a JSON body.
+
+    The reply follows the family's ``task``: a classifier's class and probabilities, a regressor's
+    outputs, a ranking's top-k items. Language models (``task: lm``) are served through the
+    OpenAI-compatible ``/v1/completions`` instead and need no record of this kind.
+    """
+
+    field: str
+    """The body's key holding the sample (or a list of samples), e.g. ``image``, ``features``, ``text``, ``user``."""
+    inputs: str
+    """One of ``SERVE_INPUTS``: ``numbers`` -- a (nested or flat) list with the shape of one sample of the
+    family's ``example``, as the model sees it (standardised as the DataModule does); ``text`` -- a string the
+    run's tokenizer encodes; ``id`` -- a whole number in [0, the model config's ``bound`` field)."""
+    pad: int = 0
+    """``text``: the id that right-pads the shorter texts of a batch (one the model ignores)."""
+    bound: str = ""
+    """``id``: the model config field counting the valid ids (e.g. ``n_users``)."""
+
+    def __post_init__(self) -> None:
+        if self.inputs not in SERVE_INPUTS or (self.inputs == "id") != bool(self.bound) or not self.field:
+            raise ValueError(f"Servable{(self.field, self.inputs, self.bound)}: a field, inputs from {SERVE_INPUTS}, "
+                             "a bound for id inputs only")
+
+
 @dataclass(frozen=True)
 class TransformerShape:
     """What the planner's transformer formulas need (Korthikanti et al.; Kaplan et al.'s 6N)."""
@@ -135,6 +165,9 @@ class ModelFamily:
     """Formats ``lab export`` writes for it."""
     explain: Explainable | None = None
     """What ``lab explain`` shows for it (attribution methods, attention, logit lens); None = refused."""
+    serve: Servable | None = None
+    """How ``lab serve``'s ``/predict`` reads a request; None = no ``/predict`` (a language model is served
+    through ``/v1/completions``)."""
     describe: str = ""
     """One line for an export's README: what goes in and what comes out. (The panel shows the
     controls whose fields the config dataclass has; the dashboard counts ``unit`` and ranks by ``metric``.)"""

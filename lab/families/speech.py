@@ -26,7 +26,7 @@ from lab.data.audio import spectrogram_picture
 from lab.data.speech import SpeechDataConfig, SpeechDataModule, label_names
 from lab.errors import ConfigError, LabError, require, require_positive
 from lab.families.cnn import conv_groups, conv_shape, narrow
-from lab.families.record import Explainable, ModelFamily, replace_config
+from lab.families.record import Explainable, ModelFamily, Servable, replace_config
 from lab.models.vision import CNN, CNNConfig
 from lab.modules import Classifier
 
@@ -159,6 +159,7 @@ FAMILY = ModelFamily(
     complete=complete, check=check,
     plan_shape=plan_shape, narrow=narrow, structure=Structure(groups=conv_groups, shape=conv_shape),
     explain=Explainable(("integrated_gradients", "saliency", "occlusion"), "image"),  # over the spectrogram
+    serve=Servable("spectrogram", "numbers"),
     describe="A keyword-spotting CNN: log-mel spectrograms [batch, 1, n_mels, frames] (lab.data.audio.log_mel of "
              "clip_seconds of audio, standardised with the training split's mean and std) -> logits [batch, keywords]",
 )

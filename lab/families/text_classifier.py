@@ -23,7 +23,7 @@ from lab.data.labelled_text import LabelledTextDataModule
 from lab.errors import ConfigError, LabError
 from lab.families.gpt import CHAR_VOCAB_BOUND, LORA_TARGETS, STRUCTURE, narrow
 from lab.families.gpt import plan_shape as gpt_plan_shape
-from lab.families.record import Explainable, ModelFamily, replace_config
+from lab.families.record import Explainable, ModelFamily, Servable, replace_config
 from lab.hub import load_gpt, tokenizer_of
 from lab.models.gpt import Block
 from lab.models.text_classifier import TextClassifier, TextClassifierConfig
@@ -109,5 +109,6 @@ FAMILY = ModelFamily(
     narrow=narrow, structure=STRUCTURE, pretrained=pretrained,
     lora_targets=LORA_TARGETS, lora_trainable=("head",),  # the new head trains; the backbone gets adapters
     explain=Explainable(("integrated_gradients", "occlusion", "attention"), "tokens", "backbone.transformer.wte"),
+    serve=Servable("text", "text", pad=-1),  # the model ignores ids below 0
     describe="A GPT text classifier: token ids [batch, sequence] (right-padded with -1) -> logits [batch, classes]",
 )

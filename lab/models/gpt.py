@@ -7,7 +7,16 @@
     logits = model(idx)                                   # [2, 64, 65]; the caller computes the loss
     model.num_params(), model.flops_per_token()
     out = model.generate(idx[:, :1], 100, temperature=0.8, top_k=50,
-                         generator=torch.Generator().manual_seed(0))   # [2, 101]
+                         generator=torch.Generator().manual_seed(0))   # [2, 101], with a KV cache
+    dec = Decoder(model, idx[:, :5])                      # next-token logits, token by token (what a server steps)
+    dec.logits                                            # [2, 65]; dec.push(next_ids) appends one token per row
+
+Generation keeps a KV cache (``KVCache``): each new token runs the blocks on itself only, against
+the keys and values kept from before, and only its own position reaches the LM head. Once the
+context fills ``block_size`` the position table ends, so the last ``block_size`` tokens are cropped
+and recomputed in full at every step -- what the model without a cache computes too, so greedy
+output is the same either way (tests/test_models.py). Rows of a batch may be left-padded (``mask``):
+padding is never attended to and positions count real tokens only, so a row decodes as it would alone.
 
 ``Block`` takes ``is_causal`` so the vision transformer in ``lab.models.vision`` reuses
 it with bidirectional attention instead of carrying a second copy.
@@ -87,16 +96,76 @@ class CausalSelfAttention(nn.Module):
         self.c_proj = nn.Linear(n_embd, n_embd, bias=bias)
         self.resid_dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: "LayerCache | None" = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
         # [B, T, C] -> [B, n_head, T, head_dim]: heads become a batch dimension.
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        # SDPA picks a flash / memory-efficient kernel where it can; the mask is implicit.
-        y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0,
-                                           is_causal=self.is_causal)
+        y = attend(q, k, v, self.dropout if self.training else 0.0, self.is_causal, cache)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.resid_dropout(self.c_proj(y))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: float, is_causal: bool,
+           cache: "LayerCache | None" = None) -> torch.Tensor:
+    """Scaled dot-product attention of ``[B, heads, T, d]`` tensors, through a layer's KV cache when given.
+
+    Without a cache SDPA picks a flash / memory-efficient kernel and the causal mask is implicit.
+    With one, the new keys and values join the kept ones and the cache's mask (causal, no padding) applies.
+    The GPT's attention and the pruned one (``lab.families.gpt.PrunedAttention``) both come here.
+    """
+    if cache is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=is_causal)
+    k, v = cache.extend(k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=cache.owner.attn_mask)
+
+
+class KVCache:
+    """Keys and values of every block for the tokens seen so far, and which of them are real (not padding).
+
+    ``GPT.forward(idx, cache=...)`` fills it; ``Decoder`` decides when to start a new one.
+    """
+
+    def __init__(self, n_layer: int, mask: torch.Tensor | None = None) -> None:
+        self.layers = [LayerCache(self) for _ in range(n_layer)]
+        self.valid: torch.Tensor | None = None
+        """``[B, S]`` bool: which cached positions are real tokens (False = left padding)."""
+        self.attn_mask: torch.Tensor | None = None
+        """``[B, 1, T, S]`` bool for the chunk being run: which keys each new query may see."""
+        self._pending = mask  # the first chunk's padding mask
+
+    @property
+    def length(self) -> int:
+        return 0 if self.valid is None else self.valid.size(1)
+
+    def begin(self, idx: torch.Tensor) -> torch.Tensor:
+        """Register a chunk of ``T`` new tokens; -> their positions ``[B, T]`` (real tokens counted from 0)."""
+        B, T = idx.shape
+        new = self._pending if self._pending is not None else torch.ones(B, T, dtype=torch.bool, device=idx.device)
+        self._pending = None
+        self.valid = new if self.valid is None else torch.cat((self.valid, new), dim=1)
+        S = self.valid.size(1)
+        keys = torch.arange(S, device=idx.device)
+        queries = torch.arange(S - T, S, device=idx.device)
+        causal = keys[None, :] <= queries[:, None]                                    # [T, S]
+        # A padding query sees itself: a row with nothing to attend to would be NaN, and NaN values
+        # poison the real rows too (0 weight * NaN). Real queries never see padding keys.
+        self.attn_mask = ((causal & self.valid[:, None, :]) | (keys[None, :] == queries[:, None]))[:, None]
+        return (self.valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
+
+
+class LayerCache:
+    """One block's kept keys and values ``[B, heads, S, d]``."""
+
+    def __init__(self, owner: KVCache) -> None:
+        self.owner = owner
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def extend(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self.k = k if self.k is None else torch.cat((self.k, k), dim=2)
+        self.v = v if self.v is None else torch.cat((self.v, v), dim=2)
+        return self.k, self.v
 
 
 class MLP(nn.Module):
@@ -127,8 +196,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
         self.mlp = MLP(n_embd, dropout, bias, activation)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
+    def forward(self, x: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        # Without a cache attn is called with x alone: lab.explain swaps in an explicit attention of that shape.
+        x = x + (self.attn(self.ln_1(x)) if cache is None else self.attn(self.ln_1(x), cache))
         return x + self.mlp(self.ln_2(x))
 
 
@@ -192,44 +262,113 @@ class GPT(nn.Module):
         c = self.config
         return 6 * self.num_params(non_embedding=True) + 12 * c.n_layer * c.n_embd * c.block_size
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """Token ids ``[B, T]`` (T <= block_size) -> logits ``[B, T, vocab_size]``."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """Token ids ``[B, T]`` (T <= block_size) -> logits ``[B, T, vocab_size]``.
+
+        With a ``cache`` (``KVCache``), ``idx`` are the tokens after those cached: the blocks run on
+        them only, the cache keeps their keys and values, and only the last position goes through the
+        LM head -> logits ``[B, vocab_size]`` (a generation step needs nothing more).
+        """
         _, T = idx.shape
-        if T > self.config.block_size:
+        if T + (cache.length if cache is not None else 0) > self.config.block_size:
             raise ValueError(f"sequence length {T} exceeds block_size={self.config.block_size}")
-        pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        if cache is None:
+            pos = torch.arange(T, dtype=torch.long, device=idx.device)
+        else:
+            pos = cache.begin(idx)
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
-        for block in self.transformer.h:
-            x = block(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x) if cache is None else block(x, cache.layers[i])
+        if cache is not None:
+            return self.lm_head(self.transformer.ln_f(x[:, -1]))
         # Full logits at every position: the caller picks the loss (or the last position).
         return self.lm_head(self.transformer.ln_f(x))
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                 top_k: int | None = None, generator: torch.Generator | None = None, *,
+                 top_p: float | None = None, use_cache: bool = True) -> torch.Tensor:
         """Extend ``idx [B, T]`` by sampling ``max_new_tokens`` tokens -> ``[B, T + max_new_tokens]``.
 
         ``temperature`` (> 0) divides the logits: below 1 sharpens, above 1 flattens.
-        ``top_k`` keeps only the k most likely tokens (clamped to the vocabulary; 1 = greedy).
+        ``top_k`` keeps only the k most likely tokens (clamped to the vocabulary; 1 = greedy);
+        ``top_p`` only the likeliest tokens whose probabilities add up to p (nucleus sampling).
         Pass a seeded ``generator`` (on the model's device) for reproducible samples.
+        ``use_cache=False`` recomputes the whole context at every step (the reference the cache is tested against).
         """
-        if not temperature > 0:  # also refuses NaN
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        if top_k is not None and top_k < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+        check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()  # no dropout while sampling
         try:
+            dec = Decoder(self, idx, use_cache=use_cache)
             for _ in range(max_new_tokens):
-                # Past block_size the model has no position embedding: condition on the tail only.
-                idx_cond = idx[:, -self.config.block_size:]
-                logits = self(idx_cond)[:, -1, :] / temperature
-                if top_k is not None:
-                    kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
-                    logits = logits.masked_fill(logits < kth, float("-inf"))
-                probs = F.softmax(logits, dim=-1)
-                idx_next = torch.multinomial(probs, num_samples=1, generator=generator)
-                idx = torch.cat((idx, idx_next), dim=1)
+                dec.push(sample_next(dec.logits, temperature, top_k, top_p, generator))
         finally:
             self.train(was_training)
-        return idx
+        return dec.idx
+
+
+def check_sampling(temperature: float, top_k: int | None = None, top_p: float | None = None) -> None:
+    """Refuse sampling settings that mean nothing (ValueError naming the value)."""
+    if not temperature > 0:  # also refuses NaN
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Next-token logits ``[B, V]`` -> one sampled id per row ``[B]`` (``temperature`` 0 = the likeliest)."""
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits / temperature
+    if top_k is not None:
+        kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1:
+        ordered, order = torch.sort(logits, descending=True)
+        # Drop a token when the likelier ones already reach top_p (the likeliest always stays).
+        drop = F.softmax(ordered, dim=-1).cumsum(-1) - F.softmax(ordered, dim=-1) >= top_p
+        logits = logits.masked_fill(drop.scatter(1, order, drop), float("-inf"))
+    probs = F.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator)[:, 0]
+
+
+class Decoder:
+    """Next-token logits for a batch of contexts, one token at a time.
+
+        dec = Decoder(model, idx, mask)       # idx [B, T], mask [B, T] bool (False = left padding) or None
+        dec.logits                            # [B, V] for the token after each row
+        dec.push(next_ids)                    # [B]: append, step the cache (or recompute the cropped window)
+
+    While the context fits ``block_size`` the KV cache grows by one token per step. Once it is full the
+    position table has no next entry, so the last ``block_size`` tokens are cropped and run again in
+    full, as a model without a cache does. ``use_cache=False`` always recomputes.
+    """
+
+    def __init__(self, model: GPT, idx: torch.Tensor, mask: torch.Tensor | None = None, use_cache: bool = True) -> None:
+        self.model, self.idx, self.use_cache = model, idx, use_cache
+        self.mask = mask if mask is not None else torch.ones_like(idx, dtype=torch.bool)
+        self.cache: KVCache | None = None
+        self.logits = self._window()
+
+    def _window(self) -> torch.Tensor:
+        size = self.model.config.block_size
+        idx, mask = self.idx[:, -size:], self.mask[:, -size:]
+        if not self.use_cache and bool(mask.all()):
+            return self.model(idx)[:, -1, :]
+        self.cache = KVCache(len(self.model.transformer.h), mask)
+        return self.model(idx, cache=self.cache)
+
+    @torch.no_grad()
+    def push(self, next_ids: torch.Tensor) -> None:
+        """Append one token per row and compute the logits after it."""
+        step = next_ids.view(-1, 1).to(self.idx.dtype)
+        self.idx = torch.cat((self.idx, step), dim=1)
+        self.mask = torch.cat((self.mask, torch.ones_like(step, dtype=torch.bool)), dim=1)
+        if self.use_cache and self.cache is not None and self.cache.length < self.model.config.block_size:
+            self.logits = self.model(step, cache=self.cache)
+        else:
+            self.logits = self._window()

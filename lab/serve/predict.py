@@ -1,0 +1,105 @@
+"""``/predict`` for every family that is not a language model: JSON body -> a batch -> JSON answers.
+
+    x = parse_sample(served, {"image": [[...], ...]})     # one sample tensor, or BadRequest saying what is wrong
+    batch = collate(served, [x1, x2])                     # the batch the model takes
+    answers(served, outputs, [{"k": 5}, {}])              # one JSON answer per request, by the family's task
+
+What a body holds comes from the family record's ``serve`` (``lab.families.record.Servable``): which
+key, and whether it is numbers shaped like one sample of the family's ``example``, a text for the
+run's tokenizer, or an id below a model config field. The answer follows the record's ``task``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from lab.errors import LabError
+
+
+class BadRequest(Exception):
+    """A request the server refuses with a 4xx, the message saying what was wrong."""
+
+    def __init__(self, message: str, status: int = 400, param: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.status, self.param = message, status, param
+
+
+def sample_shape(served: Any) -> tuple[int, ...]:
+    """The shape of one sample the model takes (from the family's ``example``)."""
+    return tuple(served.family.example(served.config, 1, torch.Generator().manual_seed(0))[0].shape[1:])
+
+
+def _numbers(value: Any, shape: tuple[int, ...], key: str) -> torch.Tensor:
+    try:
+        t = torch.tensor(value, dtype=torch.float32)
+    except (TypeError, ValueError, RuntimeError):
+        raise BadRequest(f"'{key}' must be a (nested) list of numbers of shape {list(shape)}", param=key) from None
+    if t.numel() != math.prod(shape) or (t.dim() > 1 and tuple(t.shape) != shape):
+        raise BadRequest(f"'{key}' has shape {list(t.shape)}: give {list(shape)} numbers "
+                         f"({math.prod(shape)} in a flat list also works)", param=key)
+    if not torch.isfinite(t).all():
+        raise BadRequest(f"'{key}' holds a value that is not a finite number", param=key)
+    return t.reshape(shape)
+
+
+def parse_sample(served: Any, body: Any) -> torch.Tensor:
+    """One sample from a ``/predict`` body (a JSON object); BadRequest naming the problem."""
+    spec = served.family.serve
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    if spec.field not in body:
+        raise BadRequest(f"the body needs '{spec.field}' ({spec.inputs}); it has {sorted(body) or 'no keys'}",
+                         param=spec.field)
+    value = body[spec.field]
+    if spec.inputs == "numbers":
+        return _numbers(value, sample_shape(served), spec.field)
+    if spec.inputs == "text":
+        if not isinstance(value, str) or not value:
+            raise BadRequest(f"'{spec.field}' must be a non-empty string", param=spec.field)
+        try:
+            ids = served.tokenizer.encode(value)
+        except LabError as e:  # a character the char tokenizer never saw
+            raise BadRequest(f"'{spec.field}' cannot be tokenized: {e}", param=spec.field) from None
+        block = served.block_size
+        if block is not None and len(ids) > block:
+            raise BadRequest(f"'{spec.field}' is {len(ids)} tokens; the model reads at most {block}", param=spec.field)
+        return torch.tensor(ids, dtype=torch.long)
+    bound = getattr(served.config, spec.bound)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < bound:
+        raise BadRequest(f"'{spec.field}' must be a whole number in [0, {bound - 1}], got {value!r}", param=spec.field)
+    return torch.tensor(value, dtype=torch.long)
+
+
+def parse_k(served: Any, body: dict[str, Any]) -> int:
+    """A ranking's ``k`` (items to return, default 10); checked before the request is queued."""
+    k = body.get("k", 10)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise BadRequest(f"'k' must be a whole number >= 1, got {k!r}", param="k")
+    return k
+
+
+def collate(served: Any, samples: list[torch.Tensor]) -> torch.Tensor:
+    """Stack samples into a batch; texts of different lengths are right-padded with the record's ``pad``."""
+    if served.family.serve.inputs == "text":
+        longest = max(s.numel() for s in samples)
+        return torch.stack([F.pad(s, (0, longest - s.numel()), value=served.family.serve.pad) for s in samples])
+    return torch.stack(samples)
+
+
+def answers(served: Any, outputs: torch.Tensor, ks: list[int]) -> list[dict[str, Any]]:
+    """One JSON answer per row of ``outputs``, as the family's task reads them."""
+    task = served.family.task
+    if task == "classifier":
+        probs = outputs.float().softmax(-1)
+        return [{"label": int(p.argmax()), "probabilities": [round(float(v), 6) for v in p]} for p in probs]
+    if task == "ranking":
+        out = []
+        for row, k in zip(outputs.float(), ks):
+            top = torch.topk(row, min(k, row.numel()))
+            out.append({"items": top.indices.tolist(), "scores": [round(float(v), 6) for v in top.values]})
+        return out
+    return [{"outputs": [float(v) for v in row.reshape(-1)]} for row in outputs.float()]

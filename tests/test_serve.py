@@ -1,0 +1,345 @@
+"""Tests for lab.serve: a real server on a free loopback port, called with the openai client and httpx.
+
+Fast tests serve tiny models built here (a GPT with a character tokenizer, an MLP regressor, a
+recommender-like family registered in this file); the slow test trains a tiny run and serves it,
+its int8-dynamic artifact and ``lab serve``'s refusals end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+import httpx
+import pytest
+import torch
+from torch import nn
+
+from lab.data.tokenizers import CharTokenizer
+from lab.families import FAMILIES, family, register, unregister
+from lab.families.record import ModelFamily, Servable
+from lab.models.gpt import GPT, GPTConfig
+from lab.serve import ServeConfig, scrape, start
+from lab.serve.batching import Batcher
+from lab.serve.loaded import Served
+
+TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
+KEY = "sekret"
+
+
+def tiny_lm() -> Served:
+    torch.manual_seed(0)
+    tok = CharTokenizer(TEXT)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, block_size=16, n_layer=1, n_head=2, n_embd=32)
+    model = GPT(cfg).eval()
+    return Served(name="tiny-gpt", family=family("gpt"), config=cfg, forward=model, module=model, tokenizer=tok,
+                  artifact="fp32")
+
+
+@pytest.fixture(scope="module")
+def lm_server():
+    cfg = ServeConfig(run="unused", port=0, api_key=KEY, max_tokens=64, max_prompt_tokens=40, max_streams=2,
+                      max_body_bytes=4000)
+    server = start(cfg, tiny_lm())
+    assert server.wait_ready()
+    yield server
+    server.stop()
+
+
+def client(server) -> httpx.Client:
+    return httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+
+
+def test_server_listens_on_loopback_by_default(lm_server):
+    assert ServeConfig(run="x").host == "127.0.0.1"
+    assert lm_server.url.startswith("http://127.0.0.1:")
+
+
+def test_openai_client_completes_and_streams_unchanged(lm_server):
+    from openai import OpenAI
+
+    oa = OpenAI(base_url=lm_server.url + "/v1", api_key=KEY, max_retries=0)
+    assert [m.id for m in oa.models.list().data] == ["tiny-gpt"]
+    done = oa.completions.create(model="tiny-gpt", prompt="hello", max_tokens=12, temperature=0)
+    assert done.choices[0].finish_reason == "length"
+    assert done.usage.completion_tokens == 12 and done.usage.prompt_tokens == 5
+    # Greedy: the same text streamed, in pieces, as the model alone produces it.
+    pieces = list(oa.completions.create(model="tiny-gpt", prompt="hello", max_tokens=12, temperature=0, stream=True))
+    assert "".join(p.choices[0].text for p in pieces) == done.choices[0].text
+    assert pieces[-1].choices[0].finish_reason == "length"
+    model = tiny_lm()
+    ids = torch.tensor([model.tokenizer.encode("hello")])
+    expected = model.tokenizer.decode(model.module.generate(ids, 12, top_k=1)[0, 5:].tolist())
+    assert done.choices[0].text == expected
+
+
+def test_stream_ends_with_done_and_seed_makes_samples_reproducible(lm_server):
+    body = {"model": "tiny-gpt", "prompt": "the ", "max_tokens": 20, "temperature": 1.0, "top_p": 0.9, "seed": 3,
+            "stream": True}
+    with client(lm_server) as c:
+        with c.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+            lines = [line for line in r.iter_lines() if line]
+        assert lines[-1] == "data: [DONE]"
+        streamed = "".join(json.loads(line[6:])["choices"][0]["text"] for line in lines[:-1])
+        again = c.post("/v1/completions", json={**body, "stream": False}).json()
+        assert again["choices"][0]["text"] == streamed
+
+
+def test_stop_sequence_ends_the_completion_without_it(lm_server):
+    with client(lm_server) as c:
+        free = c.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "the", "max_tokens": 30,
+                                               "temperature": 0}).json()["choices"][0]["text"]
+        stop = free[5:7]
+        out = c.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "the", "max_tokens": 30,
+                                              "temperature": 0, "stop": [stop]}).json()["choices"][0]
+    assert out["finish_reason"] == "stop"
+    assert out["text"] == free[:free.index(stop)]
+
+
+def test_concurrent_requests_are_batched_and_metrics_count_them(lm_server):
+    results: list[str] = []
+
+    def ask(i: int) -> None:
+        with client(lm_server) as c:
+            r = c.post("/v1/completions", json={"model": "tiny-gpt", "prompt": "fox"[: i + 1], "max_tokens": 8,
+                                                "temperature": 0})
+            results.append(r.json()["choices"][0]["text"])
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(2)]  # max_streams is 2
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 2
+    m = scrape(lm_server.url, KEY)
+    assert m['lab_serve_requests_total{endpoint="/v1/completions",status="200"}'] >= 2
+    assert m["lab_serve_generated_tokens_total"] >= 16
+    assert m['lab_serve_batch_size_count{kind="generate"}'] >= 1
+    assert 'lab_serve_queue_depth{kind="generate"}' in m and "lab_serve_tokens_per_second" in m
+    assert m["lab_serve_ready"] == 1
+    assert any(k.startswith("lab_serve_request_seconds_bucket") for k in m)
+
+
+def test_health_needs_no_key_but_everything_else_does(lm_server):
+    r = httpx.get(lm_server.url + "/health")
+    assert r.status_code == 200 and r.json()["status"] == "ok"
+    for path in ("/v1/models", "/metrics"):
+        r = httpx.get(lm_server.url + path)
+        assert r.status_code == 401 and "API key" in r.json()["error"]["message"]
+    r = httpx.get(lm_server.url + "/v1/models", headers={"Authorization": "Bearer wrong"})
+    assert r.status_code == 401
+
+
+@pytest.mark.parametrize("body, status, says", [
+    (b"{not json", 400, "not valid JSON"),
+    ({"model": "tiny-gpt", "prompt": 5}, 400, "prompt"),
+    ({"model": "tiny-gpt", "prompt": "hi", "max_tokens": "7"}, 400, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "hi", "temperature": -1}, 400, "temperature"),
+    ({"model": "tiny-gpt", "prompt": "hi", "n": 2}, 400, "n"),
+    ({"model": "gpt-5", "prompt": "hi"}, 404, "unknown model"),
+    ({"model": "tiny-gpt", "prompt": "hi", "max_tokens": 65}, 400, "max_tokens"),
+    ({"model": "tiny-gpt", "prompt": "x" * 41}, 400, "41 tokens"),
+    ({"model": "tiny-gpt", "prompt": "HELLO"}, 400, "'H'"),  # not in the char tokenizer's vocabulary
+    ({"model": "tiny-gpt", "prompt": ""}, 400, "prompt"),
+    ({"prompt": "hi"}, 400, "model"),
+    ({"model": "tiny-gpt", "prompt": "a" * 5000}, 413, "at most 4000"),
+])
+def test_bad_requests_get_a_4xx_json_error_and_the_server_lives_on(lm_server, body, status, says):
+    with client(lm_server) as c:
+        content = body if isinstance(body, bytes) else json.dumps(body).encode()
+        r = c.post("/v1/completions", content=content, headers={"Content-Type": "application/json"})
+        assert r.status_code == status, r.text
+        assert says in r.json()["error"]["message"]
+        assert c.get("/health").status_code == 200
+
+
+def test_predict_is_refused_for_a_language_model(lm_server):
+    with client(lm_server) as c:
+        r = c.post("/predict", json={"features": [1.0]})
+    assert r.status_code == 404 and "/v1/completions" in r.json()["error"]["message"]
+
+
+def test_a_client_that_disconnects_mid_stream_frees_its_slot(lm_server):
+    body = {"model": "tiny-gpt", "prompt": "the", "max_tokens": 64, "temperature": 1.0, "stream": True}
+    for _ in range(3):  # more than max_streams=2: each gone client must have given its slot back
+        with client(lm_server) as c:
+            with c.stream("POST", "/v1/completions", json=body) as r:
+                assert r.status_code == 200
+                next(r.iter_lines())
+    deadline = time.monotonic() + 30
+    while scrape(lm_server.url, KEY)["lab_serve_active_completions"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scrape(lm_server.url, KEY)["lab_serve_active_completions"] == 0
+    with client(lm_server) as c:
+        assert c.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2}).status_code == 200
+
+
+# ------------------------------------------------------------------ /predict through the family record
+
+
+class Scores(nn.Module):
+    """A toy ranking model: user id -> a score per item."""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+        self.table = nn.Embedding(config.n_users, config.n_items)
+
+    def forward(self, users: torch.Tensor) -> torch.Tensor:
+        return self.table(users)
+
+
+class ScoresConfig:
+    name, n_users, n_items = "toy-ranker", 4, 6
+
+
+@pytest.fixture
+def ranker_family():
+    fam = register(ModelFamily(
+        name="toy-ranker", config=ScoresConfig, model=Scores, data=("ratings",), task="ranking", module=None,
+        example=lambda c, n, g=None: (torch.randint(0, c.n_users, (n,), generator=g), torch.zeros(n, 2)),
+        loss=None, serve=Servable("user", "id", bound="n_users")))
+    yield fam
+    unregister("toy-ranker")
+
+
+def test_predict_reads_the_body_the_family_record_describes(ranker_family):
+    assert "toy-ranker" in FAMILIES
+    torch.manual_seed(0)
+    model = Scores(ScoresConfig()).eval()
+    served = Served(name="toy", family=ranker_family, config=ScoresConfig(), forward=model, module=model,
+                    tokenizer=None, artifact="fp32")
+    server = start(ServeConfig(run="unused", port=0, max_batch_size=4), served)
+    try:
+        assert server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            r = c.post("/predict", json={"user": 2, "k": 3})
+            assert r.status_code == 200
+            expected = torch.topk(model.table.weight[2].detach(), 3)
+            assert r.json()["items"] == expected.indices.tolist()
+            for body, says in [({"user": 4}, "[0, 3]"), ({"user": "2"}, "whole number"), ({"item": 1}, "'user'"),
+                               ({"user": 1, "k": 0}, "'k'"), ([1, 2], "JSON object")]:
+                r = c.post("/predict", json=body)
+                assert r.status_code == 400 and says in r.json()["error"]["message"], (body, r.text)
+            assert c.post("/v1/completions", json={"model": "toy", "prompt": "x"}).status_code == 404
+    finally:
+        server.stop()
+
+
+def test_predict_numbers_of_the_example_shape_for_a_regressor():
+    from lab.models.mlp import MLP, MLPConfig
+
+    torch.manual_seed(0)
+    cfg = MLPConfig()
+    model = MLP(cfg).eval()
+    served = Served(name="mlp", family=family("mlp"), config=cfg, forward=model, module=model, tokenizer=None,
+                    artifact="fp32")
+    server = start(ServeConfig(run="unused", port=0), served)
+    try:
+        assert server.wait_ready()
+        x = torch.randn(cfg.in_features)
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            out = c.post("/predict", json={"features": x.tolist()}).json()["outputs"]
+            torch.testing.assert_close(torch.tensor(out), model(x[None])[0].detach(), atol=1e-5, rtol=1e-5)
+            r = c.post("/predict", json={"features": [1.0, 2.0]})
+            assert r.status_code == 400 and f"[{cfg.in_features}]" in r.json()["error"]["message"]
+            r = c.post("/predict", json={"features": ["a"] * cfg.in_features})
+            assert r.status_code == 400
+    finally:
+        server.stop()
+
+
+# ------------------------------------------------------------------ batching on its own
+
+
+def test_batcher_groups_requests_and_a_failing_batch_fails_only_itself():
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    sizes: list[int] = []
+
+    def run(items: list[int]) -> list[int]:
+        if -1 in items:
+            raise RuntimeError("boom")
+        return [i * 10 for i in items]
+
+    async def main() -> tuple[list[int], str]:
+        b = Batcher(run, max_size=3, max_wait_s=0.5, max_queue=10, executor=ThreadPoolExecutor(1),
+                    on_batch=sizes.append)
+        b.start()
+        got = await asyncio.gather(*(b.submit(i) for i in range(5)))
+        try:
+            await b.submit(-1)
+        except RuntimeError as e:
+            failed = str(e)
+        again = await b.submit(7)
+        await b.stop()
+        return [*got, again], failed
+
+    got, failed = asyncio.run(main())
+    assert got == [0, 10, 20, 30, 40, 70] and failed == "boom"
+    assert sizes[:2] == [3, 2]  # five at once: a full batch, then the rest
+
+
+# ------------------------------------------------------------------ end to end: a trained run, its artifact, the CLI
+
+
+@pytest.mark.slow
+def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from openai import OpenAI
+
+    from lab.compress import compress
+    from lab.config import load_config
+    from lab.train import fit
+
+    cfg = load_config("gpt-nano", {"model.n_layer": 1, "model.n_embd": 32, "model.n_head": 2, "model.block_size": 32,
+                                   "trainer.max_steps": 4, "trainer.val_check_interval": 2,
+                                   "trainer.limit_val_batches": 1, "trainer.accelerator": "cpu",
+                                   "optimizer.warmup_steps": 1})
+    run = fit(cfg, runs_root=tmp_path, progress=False, test=False)
+    compress(run, "int8-dynamic", split="val", max_batches=1, repeats=2)
+
+    for artifact in ("fp32", "int8-dynamic"):
+        server = start(ServeConfig(run=run.name, runs_dir=str(tmp_path), artifact=artifact, port=0))
+        try:
+            assert server.wait_ready(), artifact
+            oa = OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
+            out = oa.completions.create(model=run.name, prompt="ROMEO:", max_tokens=40, temperature=0)
+            assert out.usage.completion_tokens == 40  # 6 + 40 > block_size 32: cropped and recomputed
+            assert httpx.get(server.url + "/health").json()["artifact"] == artifact
+        finally:
+            server.stop()
+
+    bad = subprocess.run([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
+                          "--artifact", "onnx"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no onnx artifact yet" in bad.stderr
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
+                             "--port", str(port), "--api-key", KEY], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        r = httpx.post(url + "/v1/completions", json={"model": run.name, "prompt": "ROMEO:", "max_tokens": 5},
+                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
