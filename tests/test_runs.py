@@ -203,3 +203,24 @@ def test_lineage_says_where_the_weights_started(tmp_path: Path) -> None:
     hub = create_run(tmp_path, "gpt2", {"model": {"name": "gpt", "init_from": "gpt2"}})
     update_summary(hub, lineage={"kind": "hub", "source": "gpt2", "commit": "607a30d783dfa663caf39e06633721c8d4cfcd7e"})
     assert lineage(hub) == "gpt2 (Hugging Face Hub, 607a30d783df)"
+
+
+def test_lineage_reaches_lab_runs_the_run_row_and_the_comparison(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture) -> None:
+    from lab import dashboard_data as dd
+    from lab.cli import main
+    from lab.runs import create_run, update_summary
+
+    scratch = create_run(tmp_path, "gpt-nano", {"model": {"name": "gpt"}})
+    update_summary(scratch, status="completed")
+    assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
+    assert " from " not in capsys.readouterr().out  # no run started from pretrained weights: no column
+    tuned = create_run(tmp_path, "gpt-nano", {"model": {"name": "gpt", "init_from": "gpt-nano/a"}})
+    update_summary(tuned, status="completed",
+                   lineage={"kind": "run", "source": "gpt-nano/a", "checkpoint": "best.ckpt"})
+    assert main(["runs", "--runs_dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "from" in out and "gpt-nano/a (lab run, best.ckpt)" in out
+    assert dd.run_row(tuned)["from"] == "gpt-nano/a (lab run, best.ckpt)" and dd.run_row(scratch)["from"] is None
+    row = next(r for r in dd.final_metrics([scratch, tuned]) if r["metric"] == "started from")
+    assert row[scratch.name] == "random weights" and row[tuned.name] == "gpt-nano/a (lab run, best.ckpt)"

@@ -126,11 +126,14 @@ def test_resume_after_kill_9(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pruning_stops_a_trial_with_a_bad_learning_rate(tmp_path: Path) -> None:
-    # A good rate first, then one far too low: the median pruner (after one trial) stops it at its
-    # first validation, and its run records where.
+@pytest.mark.parametrize("pruner", ["median after one trial", "halving"])
+def test_pruning_stops_a_trial_with_a_bad_learning_rate(tmp_path: Path, pruner: str) -> None:
+    # A good rate first, then one far too low: the pruner stops it at its first validation, and its
+    # run records where. Successive halving by its name, as `--pruner halving` gives it: its first
+    # rung is the first validation, where the worse of two trials does not go on.
+    chosen = optuna.pruners.MedianPruner(n_startup_trials=1) if pruner.startswith("median") else pruner
     result = sweep("gpt-nano", {"optimizer.lr": {"low": 1e-7, "high": 3e-2, "log": True}}, trials=2, overrides=TINY,
-                   runs_root=tmp_path, pruner=optuna.pruners.MedianPruner(n_startup_trials=1), echo=None,
+                   runs_root=tmp_path, pruner=chosen, echo=None,
                    enqueue=[{"optimizer.lr": 2e-2}, {"optimizer.lr": 1e-7}])
     good, bad = result.study.trials
     assert good.state == TrialState.COMPLETE and bad.state == TrialState.PRUNED
@@ -242,3 +245,15 @@ def test_list_runs_ignores_sweep_folders_and_sweep_names_are_checked(tmp_path: P
     for bad in ("..", "a/b", "", ".hidden", "x" * 65):
         with pytest.raises(LabError, match="not a valid name"):
             runs.sweep_dir(tmp_path, "gpt-nano", bad)
+
+
+def test_samplers_by_name_are_seeded() -> None:
+    from lab.sweep_trial import sampler
+
+    def draws(name: str, seed: int) -> list[float]:
+        study = optuna.create_study(sampler=sampler(name, seed))
+        return [study.ask().suggest_float("lr", 1e-4, 1e-1, log=True) for _ in range(3)]
+
+    assert isinstance(sampler("random", 0), optuna.samplers.RandomSampler)
+    assert isinstance(sampler("tpe", 0), optuna.samplers.TPESampler)
+    assert draws("random", 7) == draws("random", 7) != draws("random", 8)
