@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from pathlib import Path
 from typing import Any, Callable
 
 import pytest
@@ -166,3 +167,24 @@ def tensorboard_scalars() -> Callable[[Any], dict[str, list[tuple[int, float, fl
     """``tensorboard_scalars(run_dir)``: TensorBoard's own reader (EventAccumulator, its purges
     included), the reference ``lab.tfevents`` is checked against."""
     return _tensorboard_scalars
+
+
+@pytest.fixture()
+def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
+    """``dashboard_page(root, "run.py", run=name)``: a dashboard page (None: the app) run by Streamlit's
+    AppTest over the runs root ``root`` (None: ``$LAB_RUNS_DIR`` as it is), from the repository root
+    (where .streamlit/ is)."""
+    from streamlit.testing.v1 import AppTest
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def open_page(root: Path | None, page: str | None = None, **query: str) -> AppTest:
+        if root is not None:
+            monkeypatch.setenv("LAB_RUNS_DIR", str(root))
+        monkeypatch.chdir(repo)
+        at = AppTest.from_file(str(repo / "dashboard" / (page and f"pages/{page}" or "app.py")), default_timeout=90)
+        for k, v in query.items():
+            at.query_params[k] = v
+        return at.run()
+
+    return open_page

@@ -105,3 +105,17 @@ def test_the_panel_shows_the_cnn_fields_of_the_speech_preset() -> None:
     a = assess({**state, "hidden": 32}, device="cpu")
     built = family("keyword-cnn").build(load_config("speech-cnn", {"model.hidden": 32, "model.num_classes": 10}).model)
     assert a.ok and a.params == sum(p.numel() for p in built.parameters())
+
+
+@pytest.mark.slow
+def test_the_runs_and_compare_pages_show_a_speech_run(speech_run: runs.Run, dashboard_page) -> None:
+    root = speech_run.path.parents[1]
+    table = dashboard_page(root, "runs.py")
+    assert not table.exception
+    rows = next(d.value for d in table.dataframe if "run" in d.value.columns)
+    assert list(rows["run"]) == [speech_run.name] and list(rows["model"]) == ["keyword-cnn"]
+    compare = dashboard_page(root, "compare.py", runs=speech_run.name)
+    assert not compare.exception
+    metrics = next(d.value for d in compare.dataframe if speech_run.name in d.value.columns
+                   and "test/accuracy" in d.value.index)
+    assert float(metrics.loc["test/accuracy", speech_run.name]) == pytest.approx(speech_run.summary["test"]["test/accuracy"], rel=1e-5)
