@@ -51,7 +51,7 @@ import numpy as np
 
 from lab.data.corpus import check_source, fetch
 from lab.data.splits import ArrayDataModule, check_int, split_indices, validate_data_config
-from lab.data.tokenizers import MIN_BPE_VOCAB, TOKENIZER_KINDS, CharTokenizer, Tokenizer, train_tokenizer
+from lab.data.tokenizers import CharTokenizer, Tokenizer, check_tokenizer_fields, train_tokenizer
 from lab.errors import ConfigError, DataError, require
 from lab.fileio import resolve_cache_dir
 
@@ -101,9 +101,7 @@ class LabelledTextConfig:
         """Refuse invalid values with a ConfigError naming the field (before any file is read)."""
         validate_data_config(self)
         check_source(self)
-        require(self.tokenizer in TOKENIZER_KINDS, "data.tokenizer", self.tokenizer, " or ".join(TOKENIZER_KINDS))
-        require(self.tokenizer != "bpe" or self.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", self.vocab_size,
-                f"a whole number >= {MIN_BPE_VOCAB} (byte-level BPE starts from 256 byte tokens)")
+        check_tokenizer_fields(self)
         require(self.max_tokens is None or self.max_tokens >= 1, "data.max_tokens", self.max_tokens,
                 "a whole number >= 1, or null for model.block_size")
         require(self.unknown in UNKNOWN_POLICIES or len(self.unknown) == 1, "data.unknown", self.unknown,

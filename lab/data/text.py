@@ -37,7 +37,8 @@ from torch.utils.data import DataLoader, Dataset
 from lab.fileio import atomic_write, atomic_write_text, resolve_cache_dir
 from lab.data.corpus import bundled_corpus, check_source, corpus_fingerprint, fetch, read_corpus
 from lab.data.splits import check_int, make_loader, require_split, split_sizes, validate_data_config
-from lab.data.tokenizers import MIN_BPE_VOCAB, TOKENIZER_KINDS, Tokenizer, load_tokenizer, train_tokenizer
+from lab.data.tokenizers import (MIN_BPE_VOCAB, TOKENIZER_KINDS, Tokenizer, check_tokenizer_fields, load_tokenizer,
+                                 train_tokenizer)
 from lab.errors import ConfigError, DataError, require
 
 __all__ = ["TextDataConfig", "TextDataModule", "TokenWindows", "bundled_corpus", "fetch", "read_corpus"]
@@ -78,9 +79,7 @@ class TextDataConfig:
         """Refuse invalid values with a ConfigError naming the field (before any file is read)."""
         validate_data_config(self)
         check_source(self)
-        require(self.tokenizer in TOKENIZER_KINDS, "data.tokenizer", self.tokenizer, " or ".join(TOKENIZER_KINDS))
-        require(self.tokenizer != "bpe" or self.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", self.vocab_size,
-                f"a whole number >= {MIN_BPE_VOCAB} (byte-level BPE starts from 256 byte tokens)")
+        check_tokenizer_fields(self)
         require(self.path is None or Path(self.path).exists(), "data.path", self.path,
                 "an existing UTF-8 text file or folder", "leave it out to use the bundled corpus")
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterator, Protocol, Sequence, runtime_checkable
+from typing import Any, Iterator, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 from tokenizers import AddedToken, Regex
@@ -30,11 +30,19 @@ from tokenizers import Tokenizer as HFTokenizer
 from tokenizers import decoders, models, pre_tokenizers, trainers
 
 from lab.fileio import atomic_write_text
-from lab.errors import ConfigError, DataError
+from lab.errors import ConfigError, DataError, require
 
 TOKENIZER_KINDS = ("char", "bpe")
 # 256 byte tokens plus at least one merge; fewer would be a char tokenizer over bytes.
 MIN_BPE_VOCAB = 257
+
+
+def check_tokenizer_fields(config: Any) -> None:
+    """A text data config's ``tokenizer`` and ``vocab_size``: a known kind, and room for BPE's 256 byte tokens."""
+    require(config.tokenizer in TOKENIZER_KINDS, "data.tokenizer", config.tokenizer, " or ".join(TOKENIZER_KINDS))
+    require(config.tokenizer != "bpe" or config.vocab_size >= MIN_BPE_VOCAB, "data.vocab_size", config.vocab_size,
+            f"a whole number >= {MIN_BPE_VOCAB} (byte-level BPE starts from 256 byte tokens)")
+
 
 # The WordLevel unknown token of a character vocabulary as an HF tokenizer: never one of its
 # characters (it is two), so an unseen character fails to encode instead of becoming one.
