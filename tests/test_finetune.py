@@ -299,3 +299,36 @@ def test_a_distillation_student_of_a_lora_run_trains_every_weight(lora_run: runs
 def test_the_summary_counts_the_trainable_parameters(lora_run: runs.Run) -> None:
     model = load_module(lora_run, "best", merged=False).model
     assert lora_run.summary["model"]["trainable"] == trainable_summary(model)[0] < lora_run.summary["model"]["params"]
+
+
+def test_compress_after_lora_works_on_the_merged_model(lora_run: runs.Run) -> None:
+    from lab.compress import compress
+    from lab.explain.compare import load_artifact
+    from lab.families import family_of
+
+    report = compress(lora_run, "prune", sparsity=0.5, steps=0, max_batches=2, repeats=1, warmup=0, batch_sizes=(1,))
+    merged = load_module(lora_run, "best")
+    pruned = load_artifact(lora_run, "prune", merged.model, family_of(lora_run.config))
+    # The artifact is a plain model of the family: the adapters were folded in before pruning, so
+    # the pruned weight is the merged one with its smallest entries (ranked over the whole model) set to zero.
+    assert not is_adapted(pruned) and not any("lora" in k for k in pruned.state_dict())
+    find = lambda m: next(mod for name, mod in m.named_modules() if name.endswith("h.0.attn.c_attn"))
+    w, base = find(pruned).weight, find(merged).weight
+    kept = w != 0
+    assert 0.2 <= 1 - float(kept.float().mean()) <= 0.8 and torch.equal(w[kept], base[kept])
+    assert report["method"] == "prune"
+
+
+def test_lora_dropout_drops_the_adapters_input_in_training_only() -> None:
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=16, block_size=8, n_layer=1, n_head=2, n_embd=16))
+    apply(model, FinetuneConfig(method="lora", rank=4, alpha=8, dropout=0.5, targets="attention"), family("gpt"))
+    layer = model.transformer.h[0].attn.c_attn
+    assert isinstance(layer, LoRALinear) and layer.lora_dropout.p == 0.5
+    nn.init.normal_(layer.lora_B)  # B starts at zero (no update yet): give the adapter something to say
+    x = torch.randn(3, 16)
+    layer.train()
+    assert not torch.equal(layer(x), layer(x))  # a fresh mask each call
+    layer.eval()
+    frozen = x @ layer.weight.T + (layer.bias if layer.bias is not None else 0)
+    assert torch.allclose(layer(x), frozen + x @ layer.delta_weight().T, atol=1e-6)

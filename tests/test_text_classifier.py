@@ -225,6 +225,19 @@ def test_the_export_readme_example_classifies_a_text(sentiment_run, monkeypatch:
 
 
 @pytest.mark.slow
+def test_the_run_page_shows_its_accuracy_macro_f1_and_confusion_matrix(sentiment_run, dashboard_page) -> None:
+    from lab.evaluate import evaluate
+
+    q = evaluate(sentiment_run, repeats=1, warmup=0)["quality"]
+    at = dashboard_page(sentiment_run.path.parents[1], "run.py", run=sentiment_run.name)
+    assert not at.exception
+    figures = next(d.value for d in at.dataframe if "figure" in d.value.columns)
+    shown = dict(zip(figures["figure"], figures["value"]))
+    assert float(shown["test/accuracy"]) == pytest.approx(q["accuracy"], rel=1e-5)
+    assert float(shown["test/macro_f1"]) == pytest.approx(q["macro_f1"], rel=1e-5)
+    assert len(at.get("image")) >= 1  # the confusion matrix picture
+
+@pytest.mark.slow
 def test_the_panel_and_the_planner_take_the_preset() -> None:
     from lab.widgets.mapping import assess, state_from_config
 
