@@ -7,8 +7,8 @@ no usage statistics, and the runs root fixed in ``$LAB_RUNS_DIR``. Started by ha
 config Streamlit reads next to the app, whatever the working directory -- sets the same; a flag
 or ``STREAMLIT_*`` variable that overrides it gets a warning in the sidebar.
 
-Pages (``dashboard/pages/``): Runs, Compare, Run, Sweep (``lab sweep`` studies), Actions (background
-jobs), Environment. Each is a thin view over ``lab.dashboard_data``, ``lab.jobs``, ``lab.evaluate``/``lab.compress`` and
+Pages (``dashboard/pages/``): Runs, Compare, Run, Sweep (``lab sweep`` studies), Serve (``lab serve``
+as a background job: health, a prompt, live metrics), Actions (background jobs), Environment. Each is a thin view over ``lab.dashboard_data``, ``lab.jobs``, ``lab.evaluate``/``lab.compress`` and
 ``lab.env``; run folders named in the UI or the URL (``/Run?run=<exp>/<id>``,
 ``/Compare?runs=a,b``, ``/Actions?run=...``) resolve inside the runs root or are refused. The
 runs root is the server's (``$LAB_RUNS_DIR``, else ./runs): no page lets the browser change it.
@@ -39,6 +39,7 @@ st.navigation([
     st.Page(PAGES / "compare.py", title="Compare", icon="📈", url_path="Compare"),
     st.Page(PAGES / "run.py", title="Run", icon="🔎", url_path="Run"),
     st.Page(PAGES / "sweep.py", title="Sweep", icon="🎯", url_path="Sweep"),
+    st.Page(PAGES / "serve.py", title="Serve", icon="🛰️", url_path="Serve"),
     st.Page(PAGES / "actions.py", title="Actions", icon="▶️", url_path="Actions"),
     st.Page(PAGES / "environment.py", title="Environment", icon="🖥️", url_path="Environment"),
 ]).run()

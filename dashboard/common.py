@@ -188,3 +188,22 @@ def wanted_run(root: Any, names: list[str]) -> str:
         if wanted is None:
             st.stop()
     return wanted
+
+
+def pick_run(title: str, empty: str) -> tuple[str, Run]:
+    """A page about one run: set the page up, list the runs, offer them in a "Run" box (the URL's
+    ``?run=`` first, kept in the URL) and open the chosen one -> ``(root, run)``. With no runs it shows
+    ``empty`` and stops the page; a run that cannot be opened stops it after saying why."""
+    root = setup(title)
+    rows = runs_table(root)
+    names = [r["run"] for r in rows]
+    wanted = wanted_run(root, names)
+    if not names:
+        st.info(plain(f"No runs under {root} yet{empty}"))
+        st.stop()
+    name = st.selectbox("Run", names, index=default_index(names, rows, wanted))
+    st.query_params["run"] = name
+    run = open_run(name, root, rows)
+    if run is None:
+        st.stop()
+    return root, run

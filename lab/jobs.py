@@ -1,4 +1,4 @@
-"""Background jobs: ``lab evaluate/compress/export/fit`` as subprocesses whose state lives on disk.
+"""Background jobs: ``lab evaluate/compress/export/fit/serve`` as subprocesses whose state lives on disk.
 
     from lab import jobs
     job = jobs.start(["evaluate", "seed-mlp/20261128-120000-ab12", "--max_batches", "2"], root="runs")
@@ -42,8 +42,11 @@ from lab.runs import runs_root
 JOBS_DIR = ".jobs"
 ACTIVE = ("queued", "running")
 STATES = (*ACTIVE, "done", "failed", "cancelled")
-COMMANDS = ("evaluate", "compress", "export", "fit")
+COMMANDS = ("evaluate", "compress", "export", "fit", "serve")
 """The only ``lab`` sub-commands a job may run: the dashboard never runs arbitrary commands."""
+SERVICES = ("serve",)
+"""Commands that run until stopped (a server): they start at once and take no ``LAB_JOBS_PARALLEL`` slot,
+else one server would hold the only slot and every later job would wait behind it."""
 _children: list[subprocess.Popen] = []  # runners this process started: polled so they never linger as zombies
 
 
@@ -294,8 +297,9 @@ def _run(state_path: Path) -> int:
             if job is None or job.state != "queued":
                 return 0  # cancelled while queued
             running = [j for j in (_load(p) for p in jobs_dir(root).glob("*.json"))
-                       if j is not None and j.id != job.id and j.state == "running" and _alive(j.pid, j.id)]
-            if len(running) < _max_parallel():
+                       if j is not None and j.id != job.id and j.state == "running" and j.args[0] not in SERVICES
+                       and _alive(j.pid, j.id)]
+            if job.args[0] in SERVICES or len(running) < _max_parallel():
                 job.state, job.started, job.pid = "running", time.time(), os.getpid()
                 _save(job)
                 break

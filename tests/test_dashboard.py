@@ -41,20 +41,11 @@ def root(tmp_path_factory: pytest.TempPathFactory, three_runs) -> Path:
 
 
 @pytest.fixture()
-def app(root: Path, monkeypatch: pytest.MonkeyPatch):
-    """Open a page with the runs root in LAB_RUNS_DIR, from the repo root (where .streamlit/ is)."""
-    from streamlit.testing.v1 import AppTest
-
+def app(root: Path, dashboard_page, monkeypatch: pytest.MonkeyPatch):
+    """Open a page (None: the app) over the three-run root: ``app("run.py", run=name)``; a test may
+    point ``LAB_RUNS_DIR`` elsewhere before it opens one."""
     monkeypatch.setenv("LAB_RUNS_DIR", str(root))
-    monkeypatch.chdir(REPO)
-
-    def open_page(page: str | None = None, **query: str) -> AppTest:
-        at = AppTest.from_file(str(APP if page is None else PAGES / page), default_timeout=90)
-        for k, v in query.items():
-            at.query_params[k] = v
-        return at.run()
-
-    return open_page
+    return lambda page=None, **query: dashboard_page(None, page, **query)
 
 
 def scratch(root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -644,3 +635,124 @@ def test_browser_explain_section(server, bad_root, browser_page, tmp_path: Path)
     assert page.locator("[data-testid='stDataFrame']").count() >= 1  # the logit-lens table (a canvas grid)
     page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
     assert not (root / gpt / "reports" / "explain").exists()  # the page explains; it writes nothing
+
+
+# --------------------------------------------------------------------------- issue 24: the Serve page
+
+
+def _wait_until_serving(sc, server: dict) -> None:
+    end = time.time() + 180
+    while sc.health(server["url"])["status"] != "ok" and time.time() < end:
+        time.sleep(0.3)
+    assert sc.health(server["url"])["status"] == "ok", jobs.tail(server["job"], 30)
+
+
+def _stop_every_server(sc, root: Path) -> None:
+    """Cancel the serve jobs a test started, wait for their ports to close, and remove their files."""
+    for s in sc.servers(root):
+        sc.stop_job(s["job"].id, root)
+    for job in [j for j in jobs.list_jobs(root) if j.args[:1] == ["serve"]]:
+        port = int(job.args[job.args.index("--port") + 1])
+        end = time.time() + 30
+        while sc.health(f"http://127.0.0.1:{port}")["status"] != "down" and time.time() < end:
+            time.sleep(0.2)
+        job.state_path.unlink(missing_ok=True)
+        job.log_path.unlink(missing_ok=True)
+
+
+def test_serve_page_starts_a_server_answers_a_prompt_and_stops_it(app, root: Path, tmp_path: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    from lab.serve import client as sc
+
+    root = scratch(root, tmp_path, monkeypatch)
+    [gpt] = names(root, "gpt-nano")
+    at = app("serve.py", run=gpt)
+    assert not at.exception and "Start a server above" in texts(at) and "No server running" in texts(at)
+    assert at.selectbox(key="serve-artifact").options == ["fp32"]  # nothing compressed in this run
+    try:
+        at.button(key="serve-start").click().run()
+        assert any("Started server job" in unescape(s.value) for s in at.success), texts(at)
+        at.button(key="serve-start").click().run()  # a second click: the same server, no second one
+        assert any("no second server started" in unescape(i.value) for i in at.info), texts(at)
+        found = sc.servers(root, gpt)
+        assert len(found) == 1, [(j.state, j.error, jobs.tail(j)) for j in jobs.list_jobs(root)]
+        server = found[0]
+        assert server["url"].startswith("http://127.0.0.1:") and server["job"].root == str(root.resolve())
+        _wait_until_serving(sc, server)
+        at.run()
+        assert "**ok** · " in texts(at) and not at.exception
+        at.text_area(key="serve-prompt").set_value("The ")
+        at.number_input(key="serve-max-tokens").set_value(12)
+        at.number_input(key="serve-temperature").set_value(0.0)
+        at.button(key="serve-send").click().run()
+        assert not at.exception and not at.error, texts(at)
+        assert "finish_reason length · 4 prompt + 12 completion tokens" in texts(at)
+        assert any(t.value.startswith("The") for t in at.text), [t.value for t in at.text]  # (maybe spaces after)
+        at.run()  # the metrics table counts the completion
+        table = next(d.value for d in at.dataframe if "figure" in d.value.columns)
+        shown = dict(zip(table["figure"], table["value"]))
+        assert shown["completions"] == "1" and shown["generated tokens"] == "12" and shown["errors (4xx/5xx)"] == "0"
+        assert shown["mean latency (ms)"] != "-" and shown["queue depth"] == "0"
+        at.button(key=f"serve-stop-{server['job'].id}").click().run()
+        assert jobs.get(server["job"].id, root).state == "cancelled" and sc.servers(root, gpt) == []
+        end = time.time() + 30
+        while sc.health(server["url"])["status"] != "down" and time.time() < end:
+            time.sleep(0.2)
+        assert sc.health(server["url"])["status"] == "down"  # the server process is gone, its port closed
+        assert "No server running" in texts(at) and not at.exception
+        # A port already taken: the server's job fails, and the page says so (not just "no server").
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            at.number_input(key="serve-port").set_value(taken.getsockname()[1])
+            at.button(key="serve-start").click().run()
+            [job] = [s["job"] for s in sc.servers(root, gpt)]
+            end = time.time() + 120
+            while jobs.get(job.id, root).active and time.time() < end:
+                time.sleep(0.3)
+            at.run()
+        assert jobs.get(job.id, root).state == "failed"
+        assert any("the last server" in unescape(e.value) and "exit code" in unescape(e.value) for e in at.error), \
+            texts(at)
+    finally:
+        _stop_every_server(sc, root)
+    # A model that does not generate text gets the /predict hint instead of a prompt box.
+    mlp = names(root, "seed-mlp")[0]
+    at = app("serve.py", run=mlp)
+    assert not at.exception and "is not a language model: send it a sample with POST /predict" in texts(at)
+    assert not at.text_area
+
+
+@pytest.mark.slow
+def test_browser_serve_section(server, bad_root, browser_page) -> None:
+    """Start a server through the Serve page, send a prompt, see the text come back, stop it."""
+    from lab.serve import client as sc
+
+    url, _, _ = server
+    root, _ = bad_root
+    [gpt] = names(root, "gpt-nano")
+    page = browser_page
+    try:
+        page.goto(f"{url}/Serve?run={gpt}", timeout=60_000)
+        _no_exception(page, "Start a server above")
+        if page.get_by_role("dialog").count():  # Streamlit's "Page not found" notice on a first, slow load
+            page.keyboard.press("Escape")
+        page.get_by_role("button", name="Start server").click(timeout=60_000)
+        page.get_by_text("Started server job").wait_for(timeout=30_000)
+        box = page.get_by_label("Prompt", exact=True)
+        box.wait_for(timeout=180_000)  # appears once /health says ok (the servers refresh every 2 s)
+        box.fill("The ")
+        box.press("Control+Enter")  # a text area commits its value on Ctrl+Enter (or on leaving it)
+        temperature = page.get_by_label("Temperature (0 = greedy)")
+        temperature.fill("0")
+        temperature.press("Enter")
+        page.get_by_role("button", name="Send").click(timeout=60_000)
+        _no_exception(page, "finish_reason length")
+        assert "4 prompt + 40 completion tokens" in page.inner_text("body")
+        shown = page.locator("[data-testid='stText']").all_inner_texts()
+        assert any(t.startswith("The") for t in shown), shown  # the prompt and its completion (maybe spaces)
+        page.get_by_role("button", name="Stop").click(timeout=60_000)
+        page.get_by_text("No server running for this run").wait_for(timeout=60_000)
+        assert sc.servers(root, gpt) == []
+    finally:
+        _stop_every_server(sc, root)

@@ -7,6 +7,7 @@ below see exactly what that notebook wrote.
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -28,7 +29,7 @@ from lab.widgets.workshop import tiny
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOKS_DIR.glob("*.ipynb"))
 SERIES = ["00_environment", "01_data", "02_model", "03_train", "04_optimization", "05_distributed", "06_evaluate",
-          "07_compress", "08_vision_and_tabular", "09_finetune", "10_speech", "11_recommend", "12_explain"]
+          "07_compress", "08_vision_and_tabular", "09_finetune", "10_speech", "11_recommend", "12_explain", "13_serve"]
 
 
 def _text(nb: nbformat.NotebookNode) -> str:
@@ -262,6 +263,31 @@ def _check_12(nb, root: Path) -> None:
     assert "edge detector: rank correlation with itself after randomisation 1.00 -> FAIL" in out
     assert "the last layer reads the model's own output: True" in out and "convergence delta" in out
     assert "completeness: " in out and "integrated_gradients: randomisation " in out
+
+
+def _check_13(nb, root: Path) -> None:
+    (run,) = _runs(root, "gpt-nano")
+    assert run.status == "completed" and (run.compressed_dir("int8-dynamic") / "report.json").exists()
+    out = _text(nb)
+    assert "ready: True" in out and "int8 server ready: True" in out and "'artifact': 'int8-dynamic'" in out
+    # A completion came back over plain HTTP and the openai client got the same greedy text.
+    text = ast.literal_eval(re.search(r"^completion: (.+)$", out, re.M).group(1))
+    assert len(text) == 60 and "'completion_tokens': 60" in out, out[:2000]  # a character per token
+    assert "same text as with requests: True" in out
+    assert "max_tokens: 10000 is more than this server's 512" in out  # the refused request, in one line
+    assert int(re.search(r"streamed pieces: (\d+)", out).group(1)) > 1  # text arrived in pieces
+    # The metrics counted the calls above: 3 answered completions, 60 + 60 + 80 tokens, one refused request.
+    answered, tokens = map(int, re.search(r"completions answered: (\d+) \| generated tokens: (\d+)", out).groups())
+    assert answered >= 3 and tokens >= 200, (answered, tokens)
+    assert 'lab_serve_requests_total{endpoint="/v1/completions",status="400"} = 1' in out
+    fp32_ms, int8_ms = map(int, re.search(r"median fp32 (\d+) ms, int8 (\d+) ms", out).groups())
+    assert fp32_ms > 0 and int8_ms > 0
+    # Both servers stopped: their threads ended and their ports refuse connections (checked again here).
+    stopped = re.findall(r"stopped: thread alive (\w+), port (\d+) refuses connections: (\w+)", out)
+    assert len(stopped) == 2 and all(alive == "False" and refused == "True" for alive, _, refused in stopped), stopped
+    for _, port, _ in stopped:
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", int(port))) != 0
 
 
 CHECKS: dict[str, Callable[[nbformat.NotebookNode, Path], None]] = {

@@ -176,6 +176,105 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot(lm_server):
         assert c.post("/v1/completions", json={**body, "stream": False, "max_tokens": 2}).status_code == 200
 
 
+# ------------------------------------------------------------------ lab.serve.client (the dashboard's Serve page)
+
+
+def test_client_health_completion_and_metrics_summary(lm_server):
+    from lab.errors import LabError
+    from lab.serve import client as sc
+
+    h = sc.health(lm_server.url)
+    assert h["status"] == "ok" and h["model"] == "tiny-gpt"
+    before = sc.figures(scrape(lm_server.url, KEY))
+    out = sc.complete(lm_server.url, "tiny-gpt", "hello", max_tokens=6, temperature=0, api_key=KEY)
+    assert out["finish_reason"] == "length" and len(out["text"]) == 6 and out["usage"]["completion_tokens"] == 6
+    assert sc.completion_body("m", "p", 3, 0, seed=2) == {"model": "m", "prompt": "p", "max_tokens": 3,
+                                                          "temperature": 0.0, "seed": 2}
+    with pytest.raises(LabError, match="answered 404: model: unknown model 'gpt-5'"):
+        sc.complete(lm_server.url, "gpt-5", "hello", api_key=KEY)
+    with pytest.raises(LabError, match="answered 401"):
+        sc.complete(lm_server.url, "tiny-gpt", "hello")
+    after = sc.figures(scrape(lm_server.url, KEY))
+    # Counted: one completion more, 6 tokens more, two refused requests; the /metrics polling is not a request.
+    assert after["completions"] == before["completions"] + 1
+    assert after["tokens"] == before["tokens"] + 6
+    assert after["errors"] == before["errors"] + 2 and after["requests"] == before["requests"] + 3
+    assert after["latency_ms"] > 0 and after["ready"] == 1 and after["queue"] == 0 and after["batch_size"] >= 1
+    rows = sc.summary(scrape(lm_server.url, KEY))
+    shown = {r["figure"]: r["value"] for r in rows}
+    assert shown["completions"] == f"{after['completions']:.0f}" and shown["predictions"] == "0"
+    assert list(shown) == ["requests answered", "errors (4xx/5xx)", "completions", "predictions", "mean latency (ms)",
+                           "generated tokens", "tokens/s (last batch)", "mean batch size", "queue depth",
+                           "active completions"]
+
+
+def test_client_says_down_and_why_when_nothing_listens():
+    from lab.errors import LabError
+    from lab.serve import client as sc
+
+    url = f"http://127.0.0.1:{sc.free_port()}"
+    assert sc.health(url)["status"] == "down"
+    with pytest.raises(LabError, match="did not answer"):
+        sc.complete(url, "m", "hello", timeout=5)
+    # Nothing measured yet: '-' rather than a made-up zero.
+    assert {r["figure"]: r["value"] for r in sc.summary({})}["mean latency (ms)"] == "-"
+
+
+def test_serve_jobs_start_once_per_run_and_artifact(tmp_path, monkeypatch):
+    from lab import jobs
+    from lab.errors import LabError
+    from lab.serve import client as sc
+
+    started: list[jobs.Job] = []
+
+    def fake_start(args, root, label=""):
+        job = jobs.Job(id=f"j{len(started)}", args=list(args), root=str(root), state="running", label=label)
+        started.append(job)
+        return job
+
+    monkeypatch.setattr(jobs, "start", fake_start)
+    monkeypatch.setattr(jobs, "list_jobs", lambda root=None: list(reversed(started)))
+    job, new = sc.start_job("gpt-nano/a", tmp_path)
+    assert new and job.args[:3] == ["serve", "gpt-nano/a", "--port"] and job.args[-2:] == ["--artifact", "fp32"]
+    assert 1 <= int(job.args[3]) <= 65535
+    again, new = sc.start_job("gpt-nano/a", tmp_path, port=9999)  # the same run and artifact: no second server
+    assert not new and again is job
+    other, new = sc.start_job("gpt-nano/a", tmp_path, "int8-dynamic", port=9999)
+    assert new and other.args == ["serve", "gpt-nano/a", "--port", "9999", "--artifact", "int8-dynamic"]
+    found = sc.servers(tmp_path, "gpt-nano/a")
+    assert [(s["url"], s["artifact"]) for s in found] == [("http://127.0.0.1:9999", "int8-dynamic"),
+                                                           (f"http://127.0.0.1:{job.args[3]}", "fp32")]
+    assert sc.servers(tmp_path, "gpt-nano/b") == []
+    job.state = "cancelled"
+    assert [s["artifact"] for s in sc.servers(tmp_path)] == ["int8-dynamic"]
+    assert sc.last_failure(tmp_path, "gpt-nano/a") is None  # the newest is running
+    other.state, other.error = "failed", "exit code 1: [Errno 98] address already in use"
+    assert sc.last_failure(tmp_path, "gpt-nano/a") is other and sc.last_failure(tmp_path, "gpt-nano/b") is None
+    for bad in (("onnx-int9", 80), ("fp32", 70000)):
+        with pytest.raises(LabError):
+            sc.job_args("gpt-nano/a", bad[1], bad[0])
+    assert "serve" in jobs.COMMANDS and "serve" in jobs.SERVICES
+
+
+def test_a_serve_job_takes_no_slot(tmp_path, monkeypatch):
+    """A server runs until stopped: with LAB_JOBS_PARALLEL=1 it must not hold the one slot, nor wait for it."""
+    import sys
+
+    from lab import jobs
+
+    monkeypatch.setenv("LAB_JOBS_PARALLEL", "1")
+    root = tmp_path / "runs"
+    root.mkdir()
+    jobs.jobs_dir(root).mkdir(parents=True)
+    jobs._save(jobs.Job(id="busy-job", args=["evaluate", "x"], root=str(root), state="running", pid=1))
+    monkeypatch.setattr(jobs, "_alive", lambda pid, job_id: True)  # the evaluate job holds the one slot
+    monkeypatch.setattr(jobs.Job, "command", property(lambda self: [sys.executable, "-c", "pass"]))
+    serve = jobs.Job(id="serve-job", args=["serve", "x", "--port", "1"], root=str(root))
+    jobs._save(serve)
+    assert jobs._run(serve.state_path) == 0  # returns at once: it did not wait for the busy slot
+    assert jobs.get("serve-job", root).state == "done"
+
+
 # ------------------------------------------------------------------ /predict through the family record
 
 
@@ -304,7 +403,8 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
                                    "trainer.limit_val_batches": 1, "trainer.accelerator": "cpu",
                                    "optimizer.warmup_steps": 1})
     run = fit(cfg, runs_root=tmp_path, progress=False, test=False)
-    compress(run, "int8-dynamic", split="val", max_batches=1, repeats=2)
+    # torch.ao: the backend lab serve loads (lab compress may keep torchao's when it measures faster)
+    compress(run, "int8-dynamic", split="val", max_batches=1, repeats=2, backend="torch.ao")
 
     for artifact in ("fp32", "int8-dynamic"):
         server = start(ServeConfig(run=run.name, runs_dir=str(tmp_path), artifact=artifact, port=0))

@@ -108,7 +108,7 @@ def test_the_panel_shows_the_cnn_fields_of_the_speech_preset() -> None:
 
 
 @pytest.mark.slow
-def test_the_runs_and_compare_pages_show_a_speech_run(speech_run: runs.Run, dashboard_page) -> None:
+def test_the_runs_compare_and_run_pages_show_a_speech_run(speech_run: runs.Run, dashboard_page) -> None:
     root = speech_run.path.parents[1]
     table = dashboard_page(root, "runs.py")
     assert not table.exception
@@ -119,3 +119,5 @@ def test_the_runs_and_compare_pages_show_a_speech_run(speech_run: runs.Run, dash
     metrics = next(d.value for d in compare.dataframe if speech_run.name in d.value.columns
                    and "test/accuracy" in d.value.index)
     assert float(metrics.loc["test/accuracy", speech_run.name]) == pytest.approx(speech_run.summary["test"]["test/accuracy"], rel=1e-5)
+    page = dashboard_page(root, "run.py", run=speech_run.name)  # the spectrograms it trained on, logged as pictures
+    assert not page.exception and len(page.get("image")) >= 1 and dashboard_data.pictures(speech_run)

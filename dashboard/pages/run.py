@@ -22,18 +22,7 @@ from lab.runs import load_run, status_note  # noqa: E402
 
 dd = common.dd
 plain = common.plain
-root = common.setup("Run")
-rows = common.runs_table(root)
-names = [r["run"] for r in rows]
-wanted = common.wanted_run(root, names)
-if not names:
-    st.info(f"No runs under {plain(root)} yet.")
-    st.stop()
-name = st.selectbox("Run", names, index=common.default_index(names, rows, wanted))
-st.query_params["run"] = name
-run = common.open_run(name, root, rows)
-if run is None:
-    st.stop()
+root, run = common.pick_run("Run", ".")
 
 
 def header(run) -> None:
