@@ -191,3 +191,19 @@ def test_bad_input_is_one_line_and_writes_nothing(cnn_run: runs.Run, gpt_run: ru
     _refused(root, lambda: explain(gpt_run, compressed="prune"), "lab compress")
     message = _refused(root, lambda: explain(no_method_family, runs_root=root), "declares no explanation method")
     assert "gpt" in message and "cnn" in message  # which families do
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset, shape", [("digits-vit", (1, 8, 8)), ("speech-cnn", (1, 40, 41))])
+def test_the_vit_and_the_speech_model_are_explained_over_their_image(root: Path, preset: str,
+                                                                       shape: tuple[int, ...]) -> None:
+    # The ViT on the digits and the keyword CNN on a spectrogram declare the image methods: each
+    # map covers the whole input, and Integrated Gradients adds up to the logit's change.
+    from lab.train import fit
+
+    small = {"digits-vit": {"model.n_layer": 1}, "speech-cnn": {"model.channels": [4, 8], "model.hidden": 16}}[preset]
+    run = fit(load_config(preset, {**TINY, "trainer.max_steps": 10, **small}), runs_root=root, progress=False)
+    result = explain(run, index=0)
+    assert result.inputs == "image" and set(result.maps) == {"integrated_gradients", "saliency", "occlusion"}
+    assert all(torch.tensor(m).shape == shape for m in result.maps.values())
+    assert abs(result.convergence_delta) < 1e-2 and (run.explain_dir / "test-0-attributions.png").is_file()
