@@ -3,13 +3,15 @@
     python benchmarks/gpu_check.py                 # one GPU, under 8 minutes on an H100/H200
     python benchmarks/gpu_check.py --steps 40 --record    # also append the table to benchmarks/RESULTS.md
 
-Four short runs of the gpt2-124m preset (12 layers, 768 wide, block 1024, micro-batch 16, no
+Five short runs of the gpt2-124m preset (12 layers, 768 wide, block 1024, micro-batch 16, no
 accumulation, validation one batch at the end, no step checkpoints), each a real ``fit``:
 
 - ``compiled``: bf16-mixed with ``trainer.compile`` (the setup for the MFU goal);
 - ``eager``: the same without torch.compile;
 - ``fsdp-1``: FSDP on one device (blocks auto-wrapped, bf16 params/reductions/buffers);
-- ``act-ckpt``: activation checkpointing of every block (eager).
+- ``act-ckpt``: activation checkpointing of every block (eager);
+- ``lora``: LoRA fine-tuning, rank 8 in attention and MLP (eager; issue 21's GPU point: throughput
+  and peak memory of a LoRA run against ``lab plan``, which counts trainable parameters only).
 
 Throughput and MFU are the runs' own ``summary.json`` figures (after a 5-step warm-up, which
 also leaves out compilation; MFU against the GPU's published dense bf16 peak, ``lab.env``).
@@ -38,6 +40,7 @@ CASES = {
     "eager": {},
     "fsdp-1": {"trainer.strategy": "fsdp"},
     "act-ckpt": {"trainer.activation_checkpointing": True},
+    "lora": {"finetune.method": "lora", "finetune.rank": 8, "finetune.targets": "both"},
 }
 RESULTS = Path(__file__).with_name("RESULTS.md")
 
