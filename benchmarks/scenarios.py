@@ -72,6 +72,16 @@ def load() -> str:
         return "n/a"
 
 
+def finish(goals: list[tuple[str, str, str]], json_path: str | None, record: dict[str, Any]) -> None:
+    """The verdict lines ``(part, goal, verdict)``, the load average after, and ``record`` as JSON if asked."""
+    print()
+    for part, goal, verdict in goals:
+        print(f"{verdict:<10}  {part:<8}  {goal}")
+    print(f"\nload average after: {load()}")
+    if json_path:
+        Path(json_path).write_text(json.dumps(record, indent=2, default=str))
+
+
 def table(rows: list[dict[str, Any]]) -> str:
     cols = list(rows[0])
     cells = [[f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols] for r in rows]
@@ -226,13 +236,7 @@ def main() -> int:
         for name in args.only.split(","):
             found, figures[name] = SCENARIOS[name](args, Path(tmp) / name)
             goals += found
-    print()
-    for scenario, goal, verdict in goals:
-        print(f"{verdict:<10}  {scenario:<8}  {goal}")
-    print(f"\nload average after: {load()}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"threads": args.threads, "goals": goals, **figures}, indent=2,
-                                              default=str))
+    finish(goals, args.json, {"threads": args.threads, "goals": goals, **figures})
     return 0
 
 

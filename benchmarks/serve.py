@@ -66,7 +66,7 @@ import httpx  # noqa: E402
 import psutil  # noqa: E402
 import torch  # noqa: E402
 
-from benchmarks.scenarios import load, status, table  # noqa: E402  (the same table, verdicts and load line)
+from benchmarks.scenarios import finish, load, status, table  # noqa: E402  (the same table, verdicts and load line)
 from lab.env.probe import cpu_line  # noqa: E402
 
 BATCH_GOAL = 3.0
@@ -477,12 +477,7 @@ def main() -> int:
         if "kv" in only:
             rows, g, figures["kv_cache"] = kv_cache(args, gpt, root)
             goals += g
-    print()
-    for part, goal, verdict in goals:
-        print(f"{verdict:<10}  {part:<8}  {goal}")
-    print(f"\nload average after: {load()}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "goals": goals, **figures}, indent=2, default=str))
+    finish(goals, args.json, {"args": vars(args), "goals": goals, **figures})
     return 0
 
 

@@ -188,3 +188,17 @@ def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
         return at.run()
 
     return open_page
+
+
+def listed_and_compared(dashboard_page: Callable[..., Any], run: Any, model: str, metric: str) -> None:
+    """The Runs page lists ``run`` (the only one in its root) as ``model``; the Compare page shows its test
+    ``metric`` as summary.json has it (to the 6 significant digits the table prints)."""
+    root = run.path.parents[1]
+    table = dashboard_page(root, "runs.py")
+    assert not table.exception
+    rows = next(d.value for d in table.dataframe if "run" in d.value.columns)
+    assert list(rows["run"]) == [run.name] and list(rows["model"]) == [model]
+    compare = dashboard_page(root, "compare.py", runs=run.name)
+    assert not compare.exception
+    metrics = next(d.value for d in compare.dataframe if run.name in d.value.columns and metric in d.value.index)
+    assert float(metrics.loc[metric, run.name]) == pytest.approx(run.summary["test"][metric], rel=1e-5)

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import listed_and_compared
 from lab import ranking, runs
 from lab.cli import main
 from lab.compress import compress
@@ -280,13 +281,4 @@ def test_the_run_page_shows_ranking_figures_and_a_users_top_10(mf_run: runs.Run,
 
 @pytest.mark.slow
 def test_the_runs_and_compare_pages_show_a_recommender_run(mf_run: runs.Run, dashboard_page) -> None:
-    root = mf_run.path.parents[1]
-    table = dashboard_page(root, "runs.py")
-    assert not table.exception
-    rows = next(d.value for d in table.dataframe if "run" in d.value.columns)
-    assert list(rows["run"]) == [mf_run.name] and list(rows["model"]) == ["recommender"]
-    compare = dashboard_page(root, "compare.py", runs=mf_run.name)
-    assert not compare.exception
-    metrics = next(d.value for d in compare.dataframe if mf_run.name in d.value.columns and "test/ndcg_at_10" in d.value.index)
-    # shown to 6 significant digits
-    assert float(metrics.loc["test/ndcg_at_10", mf_run.name]) == pytest.approx(mf_run.summary["test"]["test/ndcg_at_10"], rel=1e-5)
+    listed_and_compared(dashboard_page, mf_run, "recommender", "test/ndcg_at_10")

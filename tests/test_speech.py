@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import listed_and_compared
 from lab import dashboard_data, runs
 from lab.config import load_config
 from lab.data.espeak import WORDS
@@ -109,15 +110,6 @@ def test_the_panel_shows_the_cnn_fields_of_the_speech_preset() -> None:
 
 @pytest.mark.slow
 def test_the_runs_compare_and_run_pages_show_a_speech_run(speech_run: runs.Run, dashboard_page) -> None:
-    root = speech_run.path.parents[1]
-    table = dashboard_page(root, "runs.py")
-    assert not table.exception
-    rows = next(d.value for d in table.dataframe if "run" in d.value.columns)
-    assert list(rows["run"]) == [speech_run.name] and list(rows["model"]) == ["keyword-cnn"]
-    compare = dashboard_page(root, "compare.py", runs=speech_run.name)
-    assert not compare.exception
-    metrics = next(d.value for d in compare.dataframe if speech_run.name in d.value.columns
-                   and "test/accuracy" in d.value.index)
-    assert float(metrics.loc["test/accuracy", speech_run.name]) == pytest.approx(speech_run.summary["test"]["test/accuracy"], rel=1e-5)
-    page = dashboard_page(root, "run.py", run=speech_run.name)  # the spectrograms it trained on, logged as pictures
+    listed_and_compared(dashboard_page, speech_run, "keyword-cnn", "test/accuracy")
+    page = dashboard_page(speech_run.path.parents[1], "run.py", run=speech_run.name)  # its logged spectrograms
     assert not page.exception and len(page.get("image")) >= 1 and dashboard_data.pictures(speech_run)
