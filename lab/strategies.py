@@ -116,7 +116,9 @@ def build_strategy(cfg: Any) -> Any:
     if name in ("ddp", "ddp_spawn", "ddp_notebook"):
         from lightning.pytorch.strategies import DDPStrategy
 
-        start = {"ddp": "popen", "ddp_spawn": "spawn", "ddp_notebook": "fork"}[name]
+        if name == "ddp_notebook":
+            return _forked_ddp(timeout)
+        start = {"ddp": "popen", "ddp_spawn": "spawn"}[name]
         return DDPStrategy(start_method=start, timeout=timeout)
     if name == "fsdp":
         return _fsdp(cfg, timeout)
@@ -128,6 +130,25 @@ def build_strategy(cfg: Any) -> Any:
         return DeepSpeedStrategy(stage=stage, offload_optimizer=offload, offload_parameters=offload and stage == 3,
                                  timeout=timeout)
     return name  # "auto": one device, nothing to tune
+
+
+def _forked_ddp(timeout: timedelta) -> Any:
+    """``ddp_notebook``: DDP in processes forked from this one, each with ONE intra-op thread.
+
+    A forked child inherits the parent's OpenMP thread pool in a state it cannot use: once the
+    parent has run a multi-threaded op (a notebook kernel always has), the child's first parallel
+    op with more than one thread deadlocks. Lightning gives each worker ``cores // processes``
+    threads, so one worker on a laptop got all the cores and hung at step 0 (or in the test after
+    training). One thread per worker is the only safe count after a fork.
+    """
+    from lightning.pytorch.strategies import DDPStrategy
+
+    class ForkedDDPStrategy(DDPStrategy):
+        def setup_environment(self) -> None:
+            torch.set_num_threads(1)  # runs in the worker, after Lightning's own thread setting
+            super().setup_environment()
+
+    return ForkedDDPStrategy(start_method="fork", timeout=timeout)
 
 
 def _fsdp(cfg: Any, timeout: timedelta) -> Any:

@@ -180,9 +180,7 @@ def test_ddp_notebook_from_a_jupyter_kernel_writes_one_run(tmp_path: Path) -> No
     runs_dir = tmp_path / "runs"
     code = "\n".join([
         "import os, json",
-        "os.environ['OMP_NUM_THREADS'] = '1'",
         "import torch, lightning as L",
-        "torch.set_num_threads(1)",
         "from lab.config import load_config",
         "from lab.train import fit",
         "class Dump(L.Callback):",
@@ -199,16 +197,8 @@ def test_ddp_notebook_from_a_jupyter_kernel_writes_one_run(tmp_path: Path) -> No
         "    'throughput': run.summary['throughput']}))",
     ])
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"  # the kernel inherits it
-    try:
-        nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
-                                ).execute()
-    finally:
-        if old is None:
-            os.environ.pop("OMP_NUM_THREADS")
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
+    nbclient.NotebookClient(nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+                            ).execute()
     text = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.get("output_type") == "stream")
     notices = [line for line in text.splitlines() if "ddp_notebook" in line]
     assert len(notices) == 1 and notices[0].startswith("note:")
@@ -222,3 +212,34 @@ def test_ddp_notebook_from_a_jupyter_kernel_writes_one_run(tmp_path: Path) -> No
     a = torch.load(tmp_path / "rank0.pt", weights_only=True)
     b = torch.load(tmp_path / "rank1.pt", weights_only=True)
     assert _max_diff(a, b) == 0.0
+
+
+FORK_AFTER_THREADS = """
+import json, sys, torch
+torch.set_num_threads(2)
+a = torch.randn(1500, 1500); (a @ a).sum()   # the parent's OpenMP pool runs, as in any notebook kernel
+from lab.config import load_config
+from lab.train import fit
+cfg = load_config("seed-mlp", {"trainer.max_steps": 4, "trainer.strategy": "ddp_notebook", "trainer.devices": 1,
+    "trainer.accelerator": "cpu", "trainer.val_check_interval": 2, "trainer.limit_val_batches": 1})
+run = fit(cfg, runs_root=sys.argv[1], progress=False)
+print("RESULT", json.dumps({"status": run.status, "step": run.summary["step"], "test": "test/loss" in run.summary["test"]}))
+"""
+
+
+def test_ddp_notebook_worker_does_not_hang_after_the_parent_ran_threads(tmp_path: Path) -> None:
+    # One forked worker used to get all the cores and deadlock in OpenMP at its first parallel op
+    # (a notebook's exercise sat at step 0; the test after training hung the same way).
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("a deadlock needs two OpenMP threads")
+    script = tmp_path / "fork_after_threads.py"
+    script.write_text(FORK_AFTER_THREADS)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    try:
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "runs")], capture_output=True, text=True,
+                              timeout=240, env=env, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ddp_notebook worker hung (OpenMP after fork)")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(proc.stdout.split("RESULT ", 1)[1].splitlines()[0])
+    assert result == {"status": "completed", "step": 4, "test": True}
