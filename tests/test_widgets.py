@@ -216,6 +216,7 @@ def test_panel_state_maps_back_to_its_config() -> None:
 def test_train_button_trains_into_the_runs_folder_with_a_live_chart(tmp_path: Path) -> None:
     panel = HyperparameterPanel("gpt-nano", base=TINY, runs_root=tmp_path, min_redraw_s=0.0)
     panel.set(max_steps=12)
+    assert panel.chart.layout.display == "none", "no picture yet: hidden, not a broken-image icon"
     panel.train_button.click()
     run = panel.wait(timeout=300)
     assert panel.job.error is None and run is not None
@@ -223,7 +224,7 @@ def test_train_button_trains_into_the_runs_folder_with_a_live_chart(tmp_path: Pa
     steps, losses = series(panel.feed.history, "loss")
     assert steps[-1] == 12 and len(losses) == 12
     assert series(panel.feed.history, "val_loss")[1], "validation points reach the chart"
-    assert panel.chart.value[:8] == b"\x89PNG\r\n\x1a\n"
+    assert panel.chart.value[:8] == b"\x89PNG\r\n\x1a\n" and panel.chart.layout.display != "none"
     assert "completed" in panel.status.value and not panel.train_button.disabled and panel.stop_button.disabled
 
 
@@ -306,8 +307,12 @@ def test_comparer_widget_lists_and_compares_runs(tmp_path: Path) -> None:
     a, b = _fake_run(tmp_path, 0.05, [3.0, 2.0, 1.0]), _fake_run(tmp_path, 0.01, [3.0, 2.5, 2.0])
     c = RunComparer(tmp_path)
     assert set(c.picker.options) == {a.name, b.name}
+    assert c.chart.layout.display == "none", "nothing chosen: no broken-image icon"
     c.select([a.name, b.name])
     assert "optimizer.lr" in c.table.value and c.chart.value[:4] == b"\x89PNG"
+    assert c.chart.layout.display != "none"
+    c.select([])
+    assert c.chart.layout.display == "none"
     assert c.tag.value == "train/loss"
 
 

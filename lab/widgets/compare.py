@@ -82,6 +82,8 @@ class RunComparer:
     def __init__(self, root: Any = None, tag: str = "train/loss", limit: int = LIST_LIMIT) -> None:
         import ipywidgets as w
 
+        from lab.widgets.live import chart_image
+
         self.root, self.limit = root, limit
         self.picker = w.SelectMultiple(description="runs", rows=8, layout=w.Layout(width="420px"))
         self.filter = w.Text(description="filter", placeholder="part of a run name, e.g. gpt-nano",
@@ -89,7 +91,7 @@ class RunComparer:
         self.shown = w.HTML()
         self.tag = w.Dropdown(description="curve", options=[tag], value=tag)
         self.refresh_button = w.Button(description="refresh", icon="refresh")
-        self.chart = w.Image(format="png")
+        self.chart = chart_image()
         self.table = w.HTML()
         self.picker.observe(lambda _: self.update(), names="value")
         self.filter.observe(lambda _: self.refresh(), names="value")
@@ -122,6 +124,7 @@ class RunComparer:
         names = list(self.picker.value)
         if not names:
             self.table.value = diff_html({}, [])
+            self.chart.value = b""  # hidden, not the last selection's curves
             return
         tags = common_tags(names, self.root) or ["train/loss"]
         if list(self.tag.options) != tags:

@@ -115,6 +115,18 @@ def series(history: list[Point], key: str) -> tuple[list[float], list[float]]:
     return [s for s, _ in pts], [v for _, v in pts]
 
 
+def chart_image() -> Any:
+    """An ipywidgets PNG Image that stays hidden while it has no picture.
+
+    An empty Image renders as the browser's broken-image icon under the buttons.
+    """
+    import ipywidgets as w
+
+    image = w.Image(format="png", layout=w.Layout(display="none"))
+    image.observe(lambda change: setattr(image.layout, "display", "" if change["new"] else "none"), "value")
+    return image
+
+
 def chart_png(history: list[Point], unit: str = "samples", title: str = "") -> bytes:
     """Loss (train and validation) and throughput side by side, as PNG bytes (Agg: thread-safe, no pyplot)."""
     from matplotlib.figure import Figure

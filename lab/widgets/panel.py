@@ -29,7 +29,7 @@ from lab.config import PRECISIONS, STRATEGIES, list_presets
 from lab.errors import LabError
 from lab.finetune import METHODS, TARGETS
 from lab.units import human_bytes
-from lab.widgets.live import LiveFeed, Throttle, chart_png
+from lab.widgets.live import LiveFeed, Throttle, chart_image, chart_png
 from lab.widgets.mapping import (LORA_FIELDS, Assessment, TrainJob, active_job, assess, config_from_state, human,
                                  state_from_config, tooltips, watch)
 
@@ -97,7 +97,7 @@ class HyperparameterPanel:
         self.train_button = w.Button(description="Train", button_style="success", icon="play")
         self.stop_button = w.Button(description="Stop", button_style="danger", icon="stop", disabled=True)
         self.status = w.HTML()
-        self.chart = w.Image(format="png")
+        self.chart = chart_image()
         c["preset"].observe(lambda ch: self.load_preset(ch["new"]), names="value")
         for name, widget in c.items():
             if name != "preset":
