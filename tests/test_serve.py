@@ -23,6 +23,7 @@ from lab.models.gpt import GPT, GPTConfig
 from lab.serve import ServeConfig, scrape, start
 from lab.serve.batching import Batcher
 from lab.serve.loaded import Served
+from lab.serve.predict import parse_sample
 
 TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
 KEY = "sekret"
@@ -350,6 +351,92 @@ def test_predict_numbers_of_the_example_shape_for_a_regressor():
         server.stop()
 
 
+def _png_b64(pixels) -> str:
+    """0..255 pixels (H, W) as a base64 PNG, as a browser's canvas or PIL would send it."""
+    import base64
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8), mode="L").save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_predict_takes_an_image_as_numbers_or_as_a_png():
+    import numpy as np
+
+    from lab.data import DigitsDataConfig, DigitsDataModule
+    from lab.models.vision import CNN, CNNConfig
+
+    dm = DigitsDataModule(DigitsDataConfig())
+    dm.setup("fit")
+    dm.setup("test")
+    x, label = dm.test_dataloader().dataset[0]  # one standardised 1x8x8 test digit
+    raw = x[0].numpy() * dm.std + dm.mean        # back to 0..1 (the bundled pixels /16)
+    torch.manual_seed(0)
+    cfg = CNNConfig()
+    model = CNN(cfg).eval()
+    served = Served(name="cnn", family=family("cnn"), config=cfg, forward=model, module=model, tokenizer=None,
+                    artifact="fp32", pixels=(dm.mean, dm.std))
+    server = start(ServeConfig(run="unused", port=0), served)
+    try:
+        assert server.wait_ready()
+        expected = model(x[None])[0].softmax(-1)
+        small = _png_b64(np.rint(raw * 255))
+        big = _png_b64(np.kron(np.rint(raw * 255), np.ones((4, 4))))  # 32x32: each pixel a 4x4 square
+        for png in (small, big):  # what the model sees: the DataModule's tensor, within half an 8-bit level
+            seen = parse_sample(served, {"image": png})
+            assert seen.shape == x.shape and float((seen - x).abs().max()) <= 0.5 / 255 / dm.std + 1e-6
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            for body in ({"image": x.tolist()}, {"image": small}, {"image": "data:image/png;base64," + big}):
+                r = c.post("/predict", json=body)
+                assert r.status_code == 200, r.text
+                got = torch.tensor(r.json()["probabilities"])
+                # a PNG holds 8-bit pixels: at most half a level (0.5/255 of 0..1) from the numbers
+                torch.testing.assert_close(got, expected.detach(), atol=2e-3, rtol=0)
+            for image, says in [("not base64!", "base64-encoded PNG"), (big[: len(big) // 8 * 4], "PNG"),
+                                ("R0lGODlhAQABAAAAACw=", "PNG")]:
+                r = c.post("/predict", json={"image": image})
+                assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+    finally:
+        server.stop()
+
+
+def test_predict_takes_texts_and_padding_a_batch_changes_no_answer():
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lab.models.text_classifier import TextClassifier, TextClassifierConfig
+
+    torch.manual_seed(0)
+    tok = CharTokenizer(TEXT)
+    cfg = TextClassifierConfig(vocab_size=tok.vocab_size, num_classes=3, block_size=32, n_layer=1, n_head=2, n_embd=32)
+    model = TextClassifier(cfg).eval()
+    served = Served(name="clf", family=family("gpt-classifier"), config=cfg, forward=model, module=model,
+                    tokenizer=tok, artifact="fp32")
+    texts = ["the fox", "a quick brown dog jumps over", "hello"]
+    solo = {t: model(torch.tensor([tok.encode(t)]))[0].softmax(-1).detach() for t in texts}
+    server = start(ServeConfig(run="unused", port=0, max_batch_size=8, max_wait_ms=200), served)
+    try:
+        assert server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as c, ThreadPoolExecutor(len(texts)) as pool:
+            replies = list(pool.map(lambda t: c.post("/predict", json={"text": t}), texts))
+            for t, r in zip(texts, replies):
+                assert r.status_code == 200, r.text
+                # batched with longer texts, right-padded: the same answer as alone
+                torch.testing.assert_close(torch.tensor(r.json()["probabilities"]), solo[t], atol=1e-5, rtol=0)
+            for body, says in [({"text": ""}, "non-empty string"), ({"text": "€"}, "cannot be tokenized"),
+                               ({"text": "fox " * 10}, "at most 32")]:
+                r = c.post("/predict", json=body)
+                assert r.status_code == 400 and says in r.json()["error"]["message"], r.text
+        m = scrape(server.url)
+    finally:
+        server.stop()
+    # the three texts waited for each other (max_wait_ms 200): some batch held more than one
+    assert m['lab_serve_batch_size_sum{kind="predict"}'] > m['lab_serve_batch_size_count{kind="predict"}']
+
+
 # ------------------------------------------------------------------ batching on its own
 
 
@@ -443,3 +530,50 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import numpy as np
+    import psutil
+
+    from lab.config import load_config
+    from lab.train import fit
+
+    cfg = load_config("digits-cnn", {"trainer.max_steps": 6, "trainer.val_check_interval": 3,
+                                     "trainer.limit_val_batches": 1, "trainer.accelerator": "cpu"})
+    run = fit(cfg, runs_root=tmp_path, progress=False, test=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
+                             "--port", str(port), "--workers", "2"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        ready = 0
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and ready < 5:  # five ready answers in a row: both workers are up
+            try:
+                ready = ready + 1 if httpx.get(url + "/health").status_code == 200 else 0
+            except httpx.TransportError:
+                ready = 0
+            time.sleep(0.3)
+        assert ready == 5, "the server never became ready"
+        workers = [p for p in psutil.Process(proc.pid).children(recursive=True)
+                   if "spawn_main" in " ".join(p.cmdline())]
+        assert len(workers) == 2, [p.cmdline() for p in psutil.Process(proc.pid).children(recursive=True)]
+        image = _png_b64(np.full((8, 8), 255.0) * (np.arange(8) % 2))  # stripes: any image the model can read
+        for _ in range(6):  # new connections: the kernel hands them to either worker
+            r = httpx.post(url + "/predict", json={"image": image}, timeout=60)
+            assert r.status_code == 200 and 0 <= r.json()["label"] < 10, r.text
+            assert len(r.json()["probabilities"]) == 10
+    finally:
+        proc.terminate()
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode is not None

@@ -63,6 +63,6 @@ FAMILY = ModelFamily(
     name="cnn", config=CNNConfig, model=CNN, data=("digits",), task="classifier", module=module, example=images,
     loss=Classifier.loss, metric="val/accuracy", mode="max", narrow=narrow,
     structure=Structure(groups=conv_groups, shape=conv_shape), explain=IMAGE_EXPLAIN,
-    serve=Servable("image", "numbers"),
+    serve=Servable("image", "numbers", png=True),
     describe="A CNN image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
 )

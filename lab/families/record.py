@@ -78,11 +78,16 @@ class Servable:
     """``text``: the id that right-pads the shorter texts of a batch (one the model ignores)."""
     bound: str = ""
     """``id``: the model config field counting the valid ids (e.g. ``n_users``)."""
+    png: bool = False
+    """``numbers`` of an image family: the sample may also come as a base64 PNG (optionally a ``data:`` URL).
+    It is converted to the sample's channels and size, scaled to 0..1 and standardised with the run's
+    training mean and std, as the DataModule does with its own images (so bright ink on a dark ground)."""
 
     def __post_init__(self) -> None:
-        if self.inputs not in SERVE_INPUTS or (self.inputs == "id") != bool(self.bound) or not self.field:
+        if self.inputs not in SERVE_INPUTS or (self.inputs == "id") != bool(self.bound) or not self.field \
+                or (self.png and self.inputs != "numbers"):
             raise ValueError(f"Servable{(self.field, self.inputs, self.bound)}: a field, inputs from {SERVE_INPUTS}, "
-                             "a bound for id inputs only")
+                             "a bound for id inputs only, png for numbers only")
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,6 @@ from lab.modules import Classifier
 FAMILY = ModelFamily(
     name="vit", config=ViTConfig, model=ViT, data=("digits",), task="classifier", module=module, example=images,
     loss=Classifier.loss, metric="val/accuracy", mode="max", blocks=(Block,), narrow=narrow,
-    structure=STRUCTURE, explain=IMAGE_EXPLAIN, serve=Servable("image", "numbers"),
+    structure=STRUCTURE, explain=IMAGE_EXPLAIN, serve=Servable("image", "numbers", png=True),
     describe="A vision transformer image classifier: images [batch, 1, height, width] -> logits [batch, classes]",
 )

@@ -44,6 +44,8 @@ class Served:
     """The run's tokenizer for a tokenized family, else None."""
     artifact: str
     """Which artifact (``fp32`` or a compression method)."""
+    pixels: tuple[float, float] | None = None
+    """An image family's training (mean, std) of 0..1 pixels, which standardise a PNG sample; else None."""
 
     @property
     def block_size(self) -> int | None:
@@ -92,4 +94,16 @@ def load(cfg: ServeConfig) -> Served:
         config = getattr(model, "config", config)
         forward = model
     return Served(name=cfg.model_name or run.name, family=fam, config=config, forward=forward, module=model,
-                  tokenizer=tokenizer, artifact=cfg.artifact)
+                  tokenizer=tokenizer, artifact=cfg.artifact, pixels=_pixel_stats(run) if fam.serve and fam.serve.png
+                  else None)
+
+
+def _pixel_stats(run: Any) -> tuple[float, float]:
+    """The training split's pixel mean and std, from the run's own DataModule (the bundled digits: instant)."""
+    from lab.evaluate import load_data, run_config
+
+    dm = load_data(run_config(run), "val")
+    mean, std = getattr(dm, "mean", None), getattr(dm, "std", None)
+    if not isinstance(mean, float) or not isinstance(std, float) or std <= 0:
+        raise LabError(f"{run.name}'s data module has no pixel mean/std to standardise PNG images with")
+    return mean, std

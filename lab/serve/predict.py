@@ -1,12 +1,13 @@
 """``/predict`` for every family that is not a language model: JSON body -> a batch -> JSON answers.
 
     x = parse_sample(served, {"image": [[...], ...]})     # one sample tensor, or BadRequest saying what is wrong
+    x = parse_sample(served, {"image": "iVBORw0KGgo..."})  # an image family also takes a base64 PNG
     batch = collate(served, [x1, x2])                     # the batch the model takes
     answers(served, outputs, [{"k": 5}, {}])              # one JSON answer per request, by the family's task
 
 What a body holds comes from the family record's ``serve`` (``lab.families.record.Servable``): which
-key, and whether it is numbers shaped like one sample of the family's ``example``, a text for the
-run's tokenizer, or an id below a model config field. The answer follows the record's ``task``.
+key, and whether it is numbers shaped like one sample of the family's ``example`` (or, for images, a
+PNG), a text for the run's tokenizer, or an id below a model config field. The answer follows the record's ``task``.
 """
 
 from __future__ import annotations
@@ -46,6 +47,41 @@ def _numbers(value: Any, shape: tuple[int, ...], key: str) -> torch.Tensor:
     return t.reshape(shape)
 
 
+MAX_PNG_PIXELS = 4096 * 4096
+"""A PNG's width x height is checked against this before it is decoded (a tiny file can hold a huge image)."""
+
+
+def _png(value: str, shape: tuple[int, ...], key: str, pixels: tuple[float, float]) -> torch.Tensor:
+    """A base64 PNG (or ``data:image/png;base64,...``) as one standardised sample of ``shape`` (C, H, W)."""
+    import base64
+    import binascii
+    import io
+
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    data = value.split(",", 1)[1] if value.startswith("data:") else value
+    refused = BadRequest(f"'{key}' is a string, so it must be a base64-encoded PNG (or a list of numbers of shape "
+                         f"{list(shape)})", param=key)
+    try:
+        image = Image.open(io.BytesIO(base64.b64decode(data, validate=True)))
+        if image.format != "PNG":
+            raise refused
+        if image.width * image.height > MAX_PNG_PIXELS:
+            raise BadRequest(f"'{key}' is a {image.width}x{image.height} PNG; send at most {MAX_PNG_PIXELS:,} pixels",
+                             param=key)
+        image.load()
+    except (binascii.Error, ValueError, UnidentifiedImageError, OSError):
+        raise refused from None
+    channels, height, width = shape
+    # BOX averages each output pixel's area: how the bundled 8x8 digits were made from 32x32 bitmaps.
+    image = image.convert("L" if channels == 1 else "RGB").resize((width, height), Image.Resampling.BOX)
+    x = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0)
+    x = x[None] if channels == 1 else x.permute(2, 0, 1)
+    mean, std = pixels
+    return (x - mean) / std
+
+
 def parse_sample(served: Any, body: Any) -> torch.Tensor:
     """One sample from a ``/predict`` body (a JSON object); BadRequest naming the problem."""
     spec = served.family.serve
@@ -56,6 +92,8 @@ def parse_sample(served: Any, body: Any) -> torch.Tensor:
                          param=spec.field)
     value = body[spec.field]
     if spec.inputs == "numbers":
+        if spec.png and isinstance(value, str) and served.pixels is not None:
+            return _png(value, sample_shape(served), spec.field, served.pixels)
         return _numbers(value, sample_shape(served), spec.field)
     if spec.inputs == "text":
         if not isinstance(value, str) or not value:
