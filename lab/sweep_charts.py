@@ -50,6 +50,10 @@ def importance_chart(importances: dict[str, float]) -> alt.Chart | None:
         title="Parameter importances (fANOVA, completed trials)", height=max(80, 30 * len(df)))
 
 
+AXIS_WIDTH = 170
+"""Pixels per parameter axis of the parallel-coordinates chart: room for a name like ``optimizer.weight_decay``."""
+
+
 def parallel_chart(rows: list[dict[str, Any]], metric: str) -> alt.Chart | None:
     """One line per completed trial across one axis per parameter (0 = lowest value tried), coloured by its value."""
     if not rows:
@@ -61,7 +65,9 @@ def parallel_chart(rows: list[dict[str, Any]], metric: str) -> alt.Chart | None:
         x=alt.X("param:N", sort=order, title=None, axis=alt.Axis(labelAngle=0, labelLimit=240)),
         y=alt.Y("position:Q", title="lowest → highest value tried", scale=alt.Scale(domain=[0, 1])),
         detail="trial:N", color=alt.Color("value:Q", title=metric, scale=alt.Scale(scheme="viridis")),
-        tooltip=["trial", "param", "shown", "value"]).properties(title="Parallel coordinates", height=300)
+        tooltip=["trial", "param", "shown", "value"]).properties(
+        # a wide band per axis: at Vega-Lite's default 20 px the dotted names overprint each other
+        title="Parallel coordinates", height=300, width=alt.Step(AXIS_WIDTH))
 
 
 def intermediate_chart(rows: list[dict[str, Any]], metric: str) -> alt.Chart | None:

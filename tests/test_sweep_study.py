@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 from pathlib import Path
 
 import optuna
@@ -66,6 +68,12 @@ def test_charts_of_a_study(swept) -> None:
         spec = chart.to_dict()  # a valid Vega-Lite spec (Altair validates it)
         assert spec["$schema"].startswith("https://vega.github.io/schema/vega-lite/")
     assert sweep_charts.charts(result.study).keys() == made.keys()
+    # each parameter axis of the parallel chart has room for its name (they overprinted at 20 px)
+    from PIL import Image
+
+    names = {row["param"] for row in view["parallel"]}
+    width = Image.open(io.BytesIO(sweep_charts.png(made["parallel"], scale=1))).width
+    assert width >= len(names) * 7 * max(map(len, names)), (width, names)
     assert sweep_charts.history_chart([], "val/loss") is None and sweep_charts.importance_chart({}) is None
 
 
