@@ -24,7 +24,7 @@ the test split (each user's last choice), for every ``--rec-seeds`` run seed (th
 the preset's, ``data.generator_seed`` 0). It prints recall@10, NDCG@10 and catalogue coverage of
 MF and the two-tower model beside the popularity, random and oracle (planted truth) rankings of
 the same users, then compresses the first MF run: int8 embedding tables (``int8-dynamic``) and
-pruning the rarely chosen items (``prune-structured`` at ``--rec-prune`` amounts, no fine-tune):
+pruning the rarely chosen items (``prune-structured`` at ``--rec-prune`` sparsities, no fine-tune):
 size, the latency of scoring every item at batch 1 and 32, and the NDCG@10 change.
 
 A shared machine makes timings noisy: the load average is printed before and after. The script
@@ -186,12 +186,12 @@ def recommendation(args: argparse.Namespace, folder: Path) -> Outcome:
     print(f"\nrecommendation: the test split ({q['users']} users, each one's last choice held out)")
     print(table(rows))
 
-    shrink = [("int8-dynamic", {})] + [("prune-structured", {"amount": a, "steps": 0}) for a in args.rec_prune]
+    shrink = [("int8-dynamic", {})] + [("prune-structured", {"sparsity": a, "steps": 0}) for a in args.rec_prune]
     compressed = []
     for method, options in shrink:
         r = compress(first, method, threads=args.threads, repeats=args.repeats, **options)
         d = r["deltas"]
-        compressed.append({"method": method + (f" amount={options['amount']}" if options else ""),
+        compressed.append({"method": method + (f" sparsity={options['sparsity']}" if options else ""),
                            "size x": d["size_ratio"], "speed-up b1": d.get("speedup_b1", float("nan")),
                            "speed-up b32": d.get("speedup_b32", float("nan")), "NDCG@10": d["quality"],
                            "NDCG change": d["quality_delta_rel"]})
@@ -217,7 +217,7 @@ def main() -> int:
     p.add_argument("--speech-override", action="append", default=[], metavar="KEY=VALUE",
                    help="a dotted override for the speech config, e.g. trainer.max_steps=400 (repeatable)")
     p.add_argument("--rec-seeds", default="1337,1,2", help="run seeds of the matrix factorization runs (comma list)")
-    p.add_argument("--rec-prune", default="0.5,0.9", help="prune-structured amounts to measure (comma list)")
+    p.add_argument("--rec-prune", default="0.5,0.9", help="prune-structured sparsities to measure (comma list)")
     p.add_argument("--json", default=None, help="also write every figure to this JSON file")
     args = p.parse_args()
     args.speech_override = dict(item.split("=", 1) for item in args.speech_override)

@@ -434,7 +434,8 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
             cmd_compress)
     _measure_args(p)
     p.add_argument("--method", required=True, help="a compression method, or all (adds comparison.json, pareto.png)")
-    p.add_argument("--sparsity", type=float, default=None, help="prune: fraction of weights to remove")
+    p.add_argument("--sparsity", type=float, default=None,
+                   help="prune: fraction of weights to remove; prune-structured: of heads, neurons, channels, items")
     p.add_argument("--steps", type=int, default=None,
                    help="prune: fine-tune steps (default 100); distill: training steps (default: as many as the teacher had)")
     p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="any other method option (repeatable)")

@@ -160,7 +160,7 @@ def test_truncated_checkpoint_leaves_no_compressed_folder(tiny_gpt_run: runs.Run
 
 @pytest.mark.parametrize("method,options,needle", [
     ("prune", {"sparsity": 1.5}, "sparsity"),
-    ("prune", {"amount": 0.5}, "does not take option(s) amount"),
+    ("prune", {"heads": 0.5}, "does not take option(s) heads"),
     ("distill", {"temperature": 0}, "temperature"),
     ("int8-dynamic", {"steps": 10}, "does not take"),
     ("all", {"bogus": 1}, "bogus"),
@@ -171,6 +171,9 @@ def test_bad_options_are_refused_before_any_work(method: str, options: dict, nee
     with pytest.raises(LabError, match=needle.replace("(", r"\(").replace(")", r"\)")):
         check_options(method, options)
     check_options("all", {"steps": 5, "sparsity": 0.3})  # each method ignores the others' options
+    # one name for the fraction pruned, as notebook 07 and `lab compress --sparsity` say it
+    for pruning in ("prune", "prune-structured"):
+        check_options(pruning, {"sparsity": 0.25})
 
 
 def test_backend_probe_keeps_the_console_clean() -> None:

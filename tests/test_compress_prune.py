@@ -84,7 +84,7 @@ def test_unstructured_weights_load_back_identically(gpt, tmp_path: Path) -> None
 
 def test_structured_gpt_is_smaller_dense_and_still_a_language_model(gpt, gpt_val_loss, tmp_path: Path) -> None:
     module, dm, cfg = gpt
-    art = structured(module, dm, cfg, tmp_path, amount=0.5, steps=30)
+    art = structured(module, dm, cfg, tmp_path, sparsity=0.5, steps=30)
     model = art.example_module
     n = art.notes
     assert n["params_after"] == art.params == sum(p.numel() for p in model.parameters()) < n["params_before"]
@@ -114,7 +114,7 @@ def test_structured_removes_exactly_the_units_that_do_nothing(gpt, tmp_path: Pat
             block.attn.c_proj.weight[:, 16:] = 0  # head 1 writes nothing
             block.mlp.c_fc.weight[::2] = 0        # even neurons: GELU(0) = 0 ...
             block.mlp.c_proj.weight[:, ::2] = 0   # ... and nothing reads them
-    art = structured(silenced, dm, cfg, tmp_path, amount=0.5, steps=0)
+    art = structured(silenced, dm, cfg, tmp_path, sparsity=0.5, steps=0)
     for block in art.example_module.transformer.h:
         assert not torch.any(block.mlp.c_proj.weight == 0)
     x = _batch(dm)
@@ -124,7 +124,7 @@ def test_structured_removes_exactly_the_units_that_do_nothing(gpt, tmp_path: Pat
 
 def test_structured_with_nothing_removed_is_the_same_function(gpt, tmp_path: Path) -> None:
     module, dm, cfg = gpt
-    art = structured(module, dm, cfg, tmp_path, amount=0.0, steps=0)
+    art = structured(module, dm, cfg, tmp_path, sparsity=0.0, steps=0)
     assert art.notes["params_after"] == art.notes["params_before"]
     x = _batch(dm)
     with torch.inference_mode():
@@ -133,7 +133,7 @@ def test_structured_with_nothing_removed_is_the_same_function(gpt, tmp_path: Pat
 
 def test_structured_cnn_drops_channels_and_saves_a_plain_config(tmp_path: Path, train_tiny) -> None:
     module, dm, cfg = train_tiny("digits-cnn", {"trainer.max_steps": 30}, steps=30)
-    art = structured(module, dm, cfg, tmp_path, amount=0.5, steps=10)
+    art = structured(module, dm, cfg, tmp_path, sparsity=0.5, steps=10)
     model = art.example_module
     assert model.config.channels == (8, 16) and model.config.hidden == 32
     convs = [m for m in model.features if isinstance(m, nn.Conv2d)]
@@ -151,7 +151,7 @@ def test_structured_cnn_drops_channels_and_saves_a_plain_config(tmp_path: Path, 
 
 def test_structured_mlp_halves_the_hidden_layer(tmp_path: Path, train_tiny) -> None:
     module, dm, cfg = train_tiny("seed-mlp", {"trainer.max_steps": 60})
-    art = structured(module, dm, cfg, tmp_path, amount=0.5, steps=20)
+    art = structured(module, dm, cfg, tmp_path, sparsity=0.5, steps=20)
     assert art.example_module.config.hidden == (10,)
     assert art.notes["params_before"] == 241 and art.params == 10 * 10 + 10 + 10 + 1
     x = _batch(dm)
@@ -161,7 +161,7 @@ def test_structured_mlp_halves_the_hidden_layer(tmp_path: Path, train_tiny) -> N
 
 @pytest.mark.parametrize("method, options", [
     (unstructured, {"sparsity": 1.0}), (unstructured, {"sparsity": "half"}), (unstructured, {"steps": -1}),
-    (structured, {"amount": -0.1}), (structured, {"amount": 1}),
+    (structured, {"sparsity": -0.1}), (structured, {"sparsity": 1}),
 ])
 def test_bad_options_are_refused(gpt, tmp_path: Path, method, options) -> None:
     module, dm, cfg = gpt

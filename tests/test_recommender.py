@@ -183,7 +183,7 @@ def test_int8_tables_and_pruning_rare_items_are_measured(mf_run: runs.Run) -> No
     assert int8["backend"] == "torch.ao.quantization.quantize_dynamic" and int8["deltas"]["size_ratio"] < 0.6
     assert "Embedding tables int8 per row" in int8["notes"]["quantized"]
     assert abs(int8["deltas"]["quality_delta"]) < 0.05  # NDCG@10 barely moves
-    pruned = compress(mf_run, "prune-structured", repeats=1, warmup=0, amount=0.5, steps=0)
+    pruned = compress(mf_run, "prune-structured", repeats=1, warmup=0, sparsity=0.5, steps=0)
     assert pruned["notes"]["importance"].startswith("How often each row's item was chosen")
     assert pruned["notes"]["kept"] == {"items": "60 -> 30"} and pruned["deltas"]["size_ratio"] < 0.9
     assert pruned["params"] == mf_run.summary["model"]["params"] - 30 * (32 + 1)  # 30 rows and biases fewer

@@ -134,7 +134,6 @@ def _whole_number(minimum: int) -> Callable[[str, Any], bool]:
 
 _OPTION_CHECKS: dict[str, tuple[Callable[[str, Any], bool], str]] = {
     "sparsity": (_fraction, "a fraction in [0, 1)"),
-    "amount": (_fraction, "a fraction in [0, 1)"),
     "alpha": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 1, "a number in [0, 1]"),
     "steps": (_whole_number(0), "a whole number >= 0"),
     "temperature": (lambda n, v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0, "a number > 0"),

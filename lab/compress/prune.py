@@ -5,7 +5,7 @@
     compress(run, "prune-structured")              # half the heads / MLP neurons / conv channels, dense
     # or directly, as the framework calls them:
     art = unstructured(module, dm, cfg, out_dir, sparsity=0.7, steps=200)
-    art = structured(module, dm, cfg, out_dir, amount=0.25, steps=100, batches=8)
+    art = structured(module, dm, cfg, out_dir, sparsity=0.25, steps=100, batches=8)
     model = load_pruned(out_dir)                   # the structured model again, from its files
 
 Unstructured pruning keeps the tensors' shapes: it only shows up as zeros, so dense
@@ -179,15 +179,15 @@ def taylor_scores(module: LabModule, groups: list[Group], dm: L.LightningDataMod
 
 
 def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_dir: Path,
-               amount: float = 0.5, steps: int = 100, batches: int = 8, lr_scale: float = 1.0, **_: Any) -> Artifact:
-    """Remove ``amount`` of every layer's heads and MLP neurons (GPT, ViT), conv channels and hidden
+               sparsity: float = 0.5, steps: int = 100, batches: int = 8, lr_scale: float = 1.0, **_: Any) -> Artifact:
+    """Remove the fraction ``sparsity`` of every layer's heads and MLP neurons (GPT, ViT), conv channels and hidden
     neurons (CNN) or hidden neurons (MLP) by Taylor importance on ``batches`` batches, then fine-tune.
 
     The fine-tune runs at the run's full lr (``lr_scale=1``), unlike unstructured pruning's 0.1:
     losing half of every layer is a bigger jump to recover from in few steps (gpt-nano, 100
     steps: val loss 1.65 at lr x1 against 1.69 at x0.1, from 2.13 right after the cut).
     """
-    amount, steps = check_fraction("amount", amount), check_steps(steps)
+    sparsity, steps = check_fraction("sparsity", sparsity), check_steps(steps)
     pruned = copy.deepcopy(module)
     model = pruned.model
     structure = _structure(model)
@@ -198,7 +198,7 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
     else:
         scores = taylor_scores(pruned, groups, dm, batches)
     # At least one unit per group: an empty layer would cut the network in two.
-    keep = [torch.sort(torch.topk(s, max(1, round(g.n * (1 - amount)))).indices).values for g, s in zip(groups, scores)]
+    keep = [torch.sort(torch.topk(s, max(1, round(g.n * (1 - sparsity)))).indices).values for g, s in zip(groups, scores)]
     params_before = num_params(model)
     shrink(model, structure, groups, keep)
     config = {**cfg.to_dict(), "model": plain(structure.shape(model, [len(k) for k in keep]))}
@@ -207,7 +207,7 @@ def structured(module: LabModule, dm: L.LightningDataModule, cfg: Config, out_di
     return Artifact(
         predict=model, files=save_weights(model, out_dir, config), params=num_params(model),
         backend="torch eager fp32", example_module=model,
-        notes={"amount": amount, "importance": how,
+        notes={"sparsity": sparsity, "importance": how,
                "params_before": params_before, "params_after": num_params(model),
                "params_ratio": num_params(model) / params_before,
                "kept": {g.name: f"{g.n} -> {len(k)}" for g, k in zip(groups, keep)},

@@ -10,7 +10,7 @@ data and are recorded in the run's config; the features themselves are a buffer 
 so a checkpoint carries them. Compression: ``int8-dynamic`` stores both embedding tables in
 int8 with a scale and offset per row (``torch.ao``'s weight-only quantized ``Embedding``; the
 two-tower's Linear layers get dynamic int8), and ``prune-structured`` removes the items chosen
-least often in training (``--opt amount=0.5``: the rarer half), whose rows, biases and
+least often in training (``--sparsity 0.5``: the rarer half), whose rows, biases and
 features leave the table; the pruned model scores them ``PRUNED``. Distillation narrows the
 vectors (``dim``) and towers (``hidden``).
 """
