@@ -75,6 +75,29 @@ def test_openai_client_completes_and_streams_unchanged(lm_server):
     assert done.choices[0].text == expected
 
 
+def test_a_model_without_a_kv_cache_generates_the_same_greedy_text():
+    # ONNX artifacts are served through a plain forward (windowed, recomputed each step): a batch of prompts of
+    # different lengths, run past block_size (16), gives what the KV-cached module gives each prompt alone.
+    from lab.serve.generation import Completion, run_completions
+
+    cached = tiny_lm()
+    plain = Served(name="tiny-gpt", family=cached.family, config=cached.config, forward=cached.module, module=None,
+                   tokenizer=cached.tokenizer, artifact="onnx")
+    prompts = ["hello", "the quick brown", "a"]
+
+    def complete(served: Served) -> list[str]:
+        jobs = [Completion(served.tokenizer.encode(t), 24, 0.0, None, 1.0, 0, [], lambda *_: None) for t in prompts]
+        run_completions(served, jobs)
+        return [j.text for j in jobs]
+
+    got = complete(plain)
+    assert got == complete(cached)
+    for text, prompt in zip(got, prompts):
+        ids = torch.tensor([cached.tokenizer.encode(prompt)])
+        alone = cached.module.generate(ids, 24, top_k=1)[0, ids.shape[1]:].tolist()
+        assert text == cached.tokenizer.decode(alone)
+
+
 def test_stream_ends_with_done_and_seed_makes_samples_reproducible(lm_server):
     body = {"model": "tiny-gpt", "prompt": "the ", "max_tokens": 20, "temperature": 1.0, "top_p": 0.9, "seed": 3,
             "stream": True}
@@ -492,8 +515,9 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
     run = fit(cfg, runs_root=tmp_path, progress=False, test=False)
     # torch.ao: the backend lab serve loads (lab compress may keep torchao's when it measures faster)
     compress(run, "int8-dynamic", split="val", max_batches=1, repeats=2, backend="torch.ao")
+    compress(run, "onnx", split="val", max_batches=1, repeats=2)  # served through ONNX Runtime, no KV cache
 
-    for artifact in ("fp32", "int8-dynamic"):
+    for artifact in ("fp32", "int8-dynamic", "onnx"):
         server = start(ServeConfig(run=run.name, runs_dir=str(tmp_path), artifact=artifact, port=0))
         try:
             assert server.wait_ready(), artifact
@@ -505,8 +529,8 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
             server.stop()
 
     bad = subprocess.run([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
-                          "--artifact", "onnx"], capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "no onnx artifact yet" in bad.stderr
+                          "--artifact", "onnx-int8"], capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "no onnx-int8 artifact yet" in bad.stderr
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
