@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -140,8 +141,10 @@ def cmd_quickstart(args: argparse.Namespace, overrides: list[str]) -> int:
     print("\nA sample from the best checkpoint:\n" + "-" * 60)
     print(module.sample(args.tokens).strip())
     print("-" * 60 + "\n" + summary_table(run))
+    # The next commands must find this run: name the runs folder when the user chose one.
+    where = f" --runs_dir {shlex.quote(str(args.runs_dir))}" if args.runs_dir else ""
     print(f"\nRun folder: {run.path}\nNext:\n  tensorboard --logdir {run.path.parent.parent} --host 127.0.0.1\n"
-          f"  lab dashboard\n  jupyter lab notebooks/\n  lab sample {run.name}")
+          f"  lab dashboard{where}\n  jupyter lab notebooks/\n  lab sample {run.name}{where}")
     return 0
 
 

@@ -176,7 +176,7 @@ def _locate(source: str, runs_root: Any) -> _Where:
                        f"nor {runs.CONFIG} (a lab run)")
     try:
         run = runs.resolve_run(text, runs_root)
-    except (LabError, OSError) as e:  # OSError: no runs folder at all
+    except (LabError, OSError) as e:  # OSError: an unreadable runs folder
         not_a_run = str(e)
     else:
         return _run_where(_best_checkpoint(run))

@@ -368,6 +368,8 @@ def resolve_run(name: str | Path, root: str | Path | None = None) -> Run:
     characters, NUL bytes and symlinks pointing out of the root are refused.
     """
     base = runs_root(root).resolve()
+    if not base.is_dir():
+        raise LabError(f"no runs folder {base}: train a run first (`lab quickstart`) or pass --runs_dir")
     text = str(name)
     if "\x00" in text:
         raise LabError("run name contains a NUL byte")

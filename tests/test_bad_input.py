@@ -356,6 +356,11 @@ CASES += [
     ("data speech --generate --takes 0", "takes"),
     ("data speech --generate --out {files}/a_file", "a_file"),
     ("data recipes", "recipes"),
+    # a runs folder that does not exist (a fresh clone, a typo in --runs_dir): no traceback from listing it
+    ("evaluate last --runs_dir {files}/no-runs-here", "no runs folder"),
+    ("sample last --runs_dir {files}/no-runs-here", "no runs folder"),
+    ("export last --format onnx --runs_dir {files}/no-runs-here", "no runs folder"),
+    ("serve last --runs_dir {files}/no-runs-here", "no runs folder"),
 ]
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
@@ -114,16 +115,23 @@ def test_readme_opens_with_the_two_commands() -> None:
 def test_quickstart_console_script(tmp_path: Path) -> None:
     """The installed ``lab`` script runs the README's main job (shortened) in a fresh folder."""
     exe = shutil.which("lab") or pytest.fail("the `lab` console script is not installed: pip install -e .")
-    env = {**os.environ, "LAB_RUNS_DIR": str(tmp_path / "runs")}
-    proc = subprocess.run([exe, "quickstart", *TINY, "--tokens", "30"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    env = {k: v for k, v in os.environ.items() if k != "LAB_RUNS_DIR"}
+    mine = tmp_path / "my runs"  # chosen by the user, with a space in it
+    proc = subprocess.run([exe, "quickstart", *TINY, "--tokens", "30", "--runs_dir", str(mine)], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "A sample from the best checkpoint" in proc.stdout
     assert "tensorboard --logdir" in proc.stdout and "lab dashboard" in proc.stdout
     assert "GPU available" in proc.stderr  # Lightning's own info lines stay...
     assert "💡" not in proc.stderr + proc.stdout and "LeafSpec" not in proc.stderr  # ...its adverts do not
-    (run,) = runs.list_runs(tmp_path / "runs")
+    (run,) = runs.list_runs(mine)
     assert run.status == "completed"
+    # The advice it ends with works as printed, from the same folder: it names the chosen runs folder.
+    (advice,) = [ln.strip() for ln in proc.stdout.splitlines() if ln.strip().startswith("lab sample ")]
+    sample = subprocess.run([exe, *shlex.split(advice)[1:], "--tokens", "20"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert sample.returncode == 0, f"{advice}: {sample.stderr[-2000:]}"
+    assert len(sample.stdout.strip()) >= 10
 
 
 def test_lab_runs_lists_corrupt_runs_as_rows_and_evaluates_a_good_one(tmp_path: Path, tiny_gpt_run, corrupt_runs,

@@ -52,6 +52,13 @@ def test_list_and_resolve(tmp_path: Path) -> None:
     assert runs.resolve_run("last", tmp_path).path in (a.path, b.path)
 
 
+@pytest.mark.parametrize("name", ["last", "a/123", "123"])
+def test_resolve_in_a_missing_runs_folder_says_so(tmp_path: Path, name: str) -> None:
+    # A fresh clone has no runs/ yet: "last" used to list it and raise FileNotFoundError.
+    with pytest.raises(LabError, match="no runs folder .*lab quickstart"):
+        runs.resolve_run(name, tmp_path / "runs")
+
+
 @pytest.mark.parametrize("name", ["../outside", "/etc", "a/../../outside", "x\x00y", "%2e%2e/outside", "a%2F..%2F..%2Foutside"])
 def test_resolve_refuses_paths_outside_root(tmp_path: Path, name: str) -> None:
     root = tmp_path / "runs"

@@ -70,13 +70,10 @@ def serve(cfg: ServeConfig) -> int:
 
 def check(cfg: ServeConfig) -> Any:
     """Refuse, before a server starts, bad options, a run that does not exist or an artifact not made yet; -> the Run."""
-    from lab.runs import resolve_run, runs_root
+    from lab.runs import resolve_run
     from lab.serve.loaded import ONNX_FILES
 
     cfg.validate()
-    root = runs_root(cfg.runs_dir)
-    if not root.is_dir():
-        raise LabError(f"no runs folder {root}: train a run first (`lab quickstart`) or pass --runs_dir")
     run = resolve_run(cfg.run, cfg.runs_dir)
     if cfg.artifact != "fp32":
         made = run.compressed_dir(cfg.artifact) / ONNX_FILES.get(cfg.artifact, "report.json")
