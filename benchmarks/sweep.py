@@ -1,6 +1,6 @@
 """Hyperparameter search: does a 20-trial TPE sweep beat the preset, and does pruning earn its place?
 
-    python benchmarks/sweep.py                         # 20 trials x 300 steps of gpt-nano, 3 sweeps (an hour or more on 2 cores)
+    python benchmarks/sweep.py                         # 20 trials x 300 steps of gpt-nano, 3 sweeps (16 min on 2 quiet cores; far longer on shared ones)
     python benchmarks/sweep.py --pruners median,halving --random
     python benchmarks/sweep.py --tiny                  # the same sweeps of a 1-layer, 32-wide gpt-nano (a busy machine)
     python benchmarks/sweep.py --smoke                 # the tiny model, 4 trials of 20 steps: checks the script only
