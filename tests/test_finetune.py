@@ -303,7 +303,7 @@ def test_the_summary_counts_the_trainable_parameters(lora_run: runs.Run) -> None
 
 def test_compress_after_lora_works_on_the_merged_model(lora_run: runs.Run) -> None:
     from lab.compress import compress
-    from lab.explain.compare import load_artifact
+    from lab.compress.artifacts import load_artifact
     from lab.families import family_of
 
     report = compress(lora_run, "prune", sparsity=0.5, steps=0, max_batches=2, repeats=1, warmup=0, batch_sizes=(1,))

@@ -342,7 +342,8 @@ def _checks(loaded: Loaded, methods: tuple[str, ...]) -> dict[str, Any]:
 
 
 def _compare(loaded: Loaded, method: str, x: torch.Tensor) -> dict[str, Any]:
-    from lab.explain.compare import compare, load_artifact
+    from lab.compress.artifacts import load_artifact
+    from lab.explain.compare import compare
 
     artifact = Subject(load_artifact(loaded.run, method, loaded.model, loaded.family), loaded.spec,
                        loaded.subject.task, loaded.subject.baseline)

@@ -1,6 +1,7 @@
 """Did compression change what the model looks at? The same explanation for a run and its artifact.
 
-    from lab.explain.compare import compare, load_artifact
+    from lab.compress.artifacts import load_artifact
+    from lab.explain.compare import compare
     model = load_artifact(run, "int8-dynamic", module.model, family)   # the artifact as an nn.Module
     result = compare(subject, artifact_subject, x, target)             # maps of both, rank correlation
 
@@ -10,24 +11,22 @@ explain the original's predicted output, so they answer the same question. The f
 Spearman's rank correlation of the two maps over the positions where the input differs from the
 baseline (``lab.explain.checks.support``): 1 = the same order of importance, 0 = unrelated.
 
-Artifacts that rebuild as a PyTorch module are explained: ``int8-dynamic`` (torch.ao backend),
-``prune``, ``prune-structured`` and ``distill``. ONNX and AOTInductor artifacts run outside
-PyTorch's modules and are refused.
+Artifacts that rebuild as a PyTorch module (``lab.compress.artifacts``) are explained:
+``int8-dynamic`` (torch.ao backend), ``prune``, ``prune-structured`` and ``distill``. ONNX and
+AOTInductor artifacts run outside PyTorch's modules and are refused.
 """
 
 from __future__ import annotations
 
-import copy
-import json
 from typing import Any
 
 import torch
-from torch import nn
 
+from lab.compress.artifacts import MODULE_ARTIFACTS
 from lab.errors import LabError
 from lab.explain.attributions import Subject, attribute, pixel_map
 
-COMPARABLE = ("int8-dynamic", "prune", "prune-structured", "distill")
+COMPARABLE = MODULE_ARTIFACTS
 """Compressed artifacts ``lab explain --compressed`` can explain beside their original."""
 METHOD = "occlusion"
 """The one method both sides run (no gradients needed)."""
@@ -40,29 +39,6 @@ def check_artifact(run: Any, method: str) -> None:
                        "PyTorch module; ONNX and AOTInductor ones run outside it)")
     if not (run.compressed_dir(method) / "report.json").is_file():
         raise LabError(f"{run.name} has no {method} artifact yet: run `lab compress {run.name} --method {method}` first")
-
-
-def load_artifact(run: Any, method: str, original: nn.Module, family: Any) -> nn.Module:
-    """The artifact of ``method`` as a module in eval mode (weights read with weights_only / safetensors)."""
-    from lab.compress.prune import WEIGHTS_FILE, load_pruned
-    from lab.compress.quantize import TORCH_AO, load_int8
-    from lab.compress.quantize import WEIGHTS_FILE as INT8_FILE
-
-    check_artifact(run, method)
-    folder = run.compressed_dir(method)
-    if method == "int8-dynamic":
-        report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        if report.get("backend") != TORCH_AO:
-            raise LabError(f"{run.name}'s int8-dynamic artifact was made with {report.get('backend')}, whose tensors "
-                           "load only through torchao: recompress with `--opt backend=torch.ao` to explain it")
-        return load_int8(folder / INT8_FILE, copy.deepcopy(original), family.int8_targets).eval()
-    if method == "prune":  # the original's shape, with zeros
-        from safetensors.torch import load_model
-
-        model = copy.deepcopy(original)
-        load_model(model, str(folder / WEIGHTS_FILE))
-        return model.eval()
-    return load_pruned(folder)  # a new shape: config.yaml + model.safetensors
 
 
 def compare(original: Subject, artifact: Subject, x: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:
@@ -81,4 +57,4 @@ def compare(original: Subject, artifact: Subject, x: torch.Tensor, target: torch
             "same_prediction": predicted == int(original.predicted(x)[0])}
 
 
-__all__ = ["COMPARABLE", "check_artifact", "compare", "load_artifact"]
+__all__ = ["COMPARABLE", "check_artifact", "compare"]

@@ -6,7 +6,7 @@
     served.module                 # the nn.Module (a GPT steps its KV cache); None for ONNX Runtime artifacts
 
 Weights are read as every lab command reads them: checkpoints through ``lab.evaluate.load_checked``
-(``weights_only``), module artifacts through ``lab.explain.compare.load_artifact`` (the one place that
+(``weights_only``), module artifacts through ``lab.compress.artifacts.load_artifact`` (the one place that
 rebuilds int8-dynamic, prune, prune-structured and distill), ONNX graphs through ``lab.compress.onnx``.
 """
 
@@ -85,11 +85,8 @@ def load(cfg: ServeConfig) -> Served:
                            f"`lab compress {run.name} --method {cfg.artifact}` first")
         forward, model = predictor(session(path, cfg.threads)), None
     else:
-        from lab.explain.compare import load_artifact
+        from lab.compress.artifacts import load_artifact
 
-        if not (run.compressed_dir(cfg.artifact) / "report.json").is_file():
-            raise LabError(f"{run.name} has no {cfg.artifact} artifact yet: run "
-                           f"`lab compress {run.name} --method {cfg.artifact}` first")
         model = load_artifact(run, cfg.artifact, model, fam)
         config = getattr(model, "config", config)
         forward = model
