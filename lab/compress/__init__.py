@@ -323,10 +323,9 @@ def _replace_dir(src: Path, dst: Path) -> None:
 
 def load_report(run: runs.Run, method: str) -> dict[str, Any]:
     """``compressed/<method>/report.json`` of a run."""
-    path = run.compressed_dir(method) / "report.json"
-    if not path.is_file():
-        raise LabError(f"{run.name} has no {method} artifact yet: run `lab compress {run.name} --method {method}`")
-    return json.loads(path.read_text(encoding="utf-8"))
+    from lab.compress.artifacts import artifact_file
+
+    return json.loads(artifact_file(run, method).read_text(encoding="utf-8"))
 
 
 LATENCY_FROM = ("p50 latency of the original (its own measurement) times each artifact's latency ratio from the "

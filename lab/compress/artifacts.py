@@ -1,7 +1,8 @@
 """A run's compressed artifact as a PyTorch module: the one place that rebuilds one.
 
-    from lab.compress.artifacts import MODULE_ARTIFACTS, load_artifact
+    from lab.compress.artifacts import MODULE_ARTIFACTS, artifact_file, load_artifact
     model = load_artifact(run, "int8-dynamic", module.model, family)   # eval mode, ready to call
+    path = artifact_file(run, "onnx-int8", "model.onnx")               # LabError saying how to make it
 
 ``lab explain --compressed`` and ``lab serve --artifact`` both load artifacts through here. Which ones
 rebuild as an ``nn.Module``: ``int8-dynamic`` (the torch.ao backend), ``prune`` (the original's shape,
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 from typing import Any
 
 from torch import nn
@@ -22,6 +24,14 @@ from lab.errors import LabError
 
 MODULE_ARTIFACTS = ("int8-dynamic", "prune", "prune-structured", "distill")
 """Compression methods whose artifact rebuilds as a PyTorch module."""
+
+
+def artifact_file(run: Any, method: str, name: str = "report.json") -> Path:
+    """``compressed/<method>/<name>`` of a run; a LabError that says how to make it when it is not there."""
+    path = run.compressed_dir(method) / name
+    if not path.is_file():
+        raise LabError(f"{run.name} has no {method} artifact yet: run `lab compress {run.name} --method {method}` first")
+    return path
 
 
 def load_artifact(run: Any, method: str, original: nn.Module, family: Any) -> nn.Module:
@@ -33,9 +43,7 @@ def load_artifact(run: Any, method: str, original: nn.Module, family: Any) -> nn
     if method not in MODULE_ARTIFACTS:
         raise LabError(f"{method} artifacts do not rebuild as a PyTorch module: choose one of "
                        f"{', '.join(MODULE_ARTIFACTS)}")
-    folder = run.compressed_dir(method)
-    if not (folder / "report.json").is_file():
-        raise LabError(f"{run.name} has no {method} artifact yet: run `lab compress {run.name} --method {method}` first")
+    folder = artifact_file(run, method).parent
     if method == "int8-dynamic":
         report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
         if report.get("backend") != TORCH_AO:
@@ -52,4 +60,4 @@ def load_artifact(run: Any, method: str, original: nn.Module, family: Any) -> nn
     return load_pruned(folder)  # prune-structured, distill: config.yaml + model.safetensors
 
 
-__all__ = ["MODULE_ARTIFACTS", "load_artifact"]
+__all__ = ["MODULE_ARTIFACTS", "artifact_file", "load_artifact"]

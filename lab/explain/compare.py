@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from lab.compress.artifacts import MODULE_ARTIFACTS
+from lab.compress.artifacts import MODULE_ARTIFACTS, artifact_file
 from lab.errors import LabError
 from lab.explain.attributions import Subject, attribute, pixel_map
 
@@ -37,8 +37,7 @@ def check_artifact(run: Any, method: str) -> None:
     if method not in COMPARABLE:
         raise LabError(f"--compressed {method}: choose one of {', '.join(COMPARABLE)} (artifacts that rebuild as a "
                        "PyTorch module; ONNX and AOTInductor ones run outside it)")
-    if not (run.compressed_dir(method) / "report.json").is_file():
-        raise LabError(f"{run.name} has no {method} artifact yet: run `lab compress {run.name} --method {method}` first")
+    artifact_file(run, method)
 
 
 def compare(original: Subject, artifact: Subject, x: torch.Tensor, target: torch.Tensor) -> dict[str, Any]:

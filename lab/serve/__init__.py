@@ -70,16 +70,14 @@ def serve(cfg: ServeConfig) -> int:
 
 def check(cfg: ServeConfig) -> Any:
     """Refuse, before a server starts, bad options, a run that does not exist or an artifact not made yet; -> the Run."""
+    from lab.compress.artifacts import artifact_file
     from lab.runs import resolve_run
     from lab.serve.loaded import ONNX_FILES
 
     cfg.validate()
     run = resolve_run(cfg.run, cfg.runs_dir)
     if cfg.artifact != "fp32":
-        made = run.compressed_dir(cfg.artifact) / ONNX_FILES.get(cfg.artifact, "report.json")
-        if not made.is_file():
-            raise LabError(f"{run.name} has no {cfg.artifact} artifact yet: run "
-                           f"`lab compress {run.name} --method {cfg.artifact}` first")
+        artifact_file(run, cfg.artifact, ONNX_FILES.get(cfg.artifact, "report.json"))
     return run
 
 

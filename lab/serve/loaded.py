@@ -77,12 +77,10 @@ def load(cfg: ServeConfig) -> Served:
     if cfg.artifact == "fp32":
         forward = model
     elif cfg.artifact in ONNX_FILES:
+        from lab.compress.artifacts import artifact_file
         from lab.compress.onnx import predictor, session
 
-        path = run.compressed_dir(cfg.artifact) / ONNX_FILES[cfg.artifact]
-        if not path.is_file():
-            raise LabError(f"{run.name} has no {cfg.artifact} artifact ({path} is missing): run "
-                           f"`lab compress {run.name} --method {cfg.artifact}` first")
+        path = artifact_file(run, cfg.artifact, ONNX_FILES[cfg.artifact])
         forward, model = predictor(session(path, cfg.threads)), None
     else:
         from lab.compress.artifacts import load_artifact
