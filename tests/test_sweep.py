@@ -158,6 +158,30 @@ def test_a_classifier_family_maximizes_its_accuracy(tmp_path: Path) -> None:
     assert result.best["value"] == max(t.value for t in result.study.trials)
 
 
+# One preset per model family; each family is shrunk as tests/test_train.py shrinks it.
+FAMILY_PRESETS = ["gpt-nano", "digits-cnn", "digits-vit", "seed-mlp", "sentiment", "recommender-mf",
+                  "recommender-two-tower", "speech-cnn"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", FAMILY_PRESETS)
+def test_every_family_sweeps_by_its_own_primary_metric(tmp_path: Path, preset: str) -> None:
+    from test_train import FEW_STEPS, SHRINK
+
+    from lab.families import family_of
+
+    cfg = load_config(preset)
+    fam = family_of(cfg)
+    overrides = {**SHRINK[cfg.model.name], **FEW_STEPS, "trainer.checkpoint_every_n_steps": None}
+    result = sweep(preset, {"optimizer.lr": {"low": 1e-3, "high": 1e-2, "log": True}}, trials=1,
+                   overrides=overrides, runs_root=tmp_path, pruner="halving", echo=None)
+    assert result.metric == fam.metric and result.direction == ("minimize" if fam.mode == "min" else "maximize")
+    (trial,) = result.study.trials
+    assert trial.state == TrialState.COMPLETE and list(trial.intermediate_values) == [2, 4]  # each validation
+    curve = [v for _, _, v in runs.scalars(runs.resolve_run(trial.user_attrs["run"], tmp_path))[fam.metric]]
+    assert trial.value == pytest.approx(min(curve) if fam.mode == "min" else max(curve))
+
+
 @pytest.mark.slow
 def test_two_worker_processes_share_one_study(tmp_path: Path) -> None:
     # The `lab` command in its own process, as a user starts it: spawned workers re-import the
