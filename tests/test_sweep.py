@@ -83,6 +83,13 @@ def test_tiny_sweep_through_the_cli(tmp_path: Path, capsys: pytest.CaptureFixtur
 
 
 @pytest.mark.slow
+def _run_status(root: Path, name: str) -> str | None:
+    try:
+        return runs.resolve_run(name, root).status
+    except (LabError, OSError):  # its folder is being made
+        return None
+
+
 def test_resume_after_kill_9(tmp_path: Path) -> None:
     (tmp_path / "lr.yaml").write_text(SPACE)
     root = tmp_path / "runs"
@@ -100,7 +107,10 @@ def test_resume_after_kill_9(tmp_path: Path) -> None:
             trials = study_of(root, "gpt-nano", "lr").get_trials(deepcopy=False)
         except LabError:  # no study.db yet, or its tables are there but not the study
             continue
-        live = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("run")]
+        # A trial is RUNNING in the study until its run has ended and been told; kill one whose run
+        # still trains, or the kill can land after the run completed (then it cannot read crashed).
+        live = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("run")
+                and _run_status(root, t.user_attrs["run"]) == "running"]
         if live and sum(t.state == TrialState.COMPLETE for t in trials) >= 1:
             victim = live[0]
     os.kill(proc.pid, signal.SIGKILL)
