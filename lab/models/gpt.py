@@ -153,6 +153,28 @@ class KVCache:
         self.attn_mask = ((causal & self.valid[:, None, :]) | (keys[None, :] == queries[:, None]))[:, None]
         return (self.valid.long().cumsum(-1) - 1).clamp(min=0)[:, -T:]
 
+    def join(self, other: KVCache) -> None:
+        """Append ``other``'s rows (continuous batching): the shorter side is left-padded with masked keys."""
+        S = max(self.length, other.length)
+        self.valid = torch.cat([pad_left(c.valid, S, False) for c in (self, other)])
+        for mine, theirs in zip(self.layers, other.layers):
+            mine.k = torch.cat([pad_left(t, S, 0.0, dim=2) for t in (mine.k, theirs.k)])
+            mine.v = torch.cat([pad_left(t, S, 0.0, dim=2) for t in (mine.v, theirs.v)])
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` and drop the leading positions that are padding in all of them."""
+        valid = self.valid[rows]
+        start = int(valid.any(0).long().argmax())  # the first position some kept row really has
+        self.valid = valid[:, start:]
+        for layer in self.layers:
+            layer.k, layer.v = layer.k[rows, :, start:], layer.v[rows, :, start:]
+
+
+def pad_left(t: torch.Tensor, length: int, value: float | bool, dim: int = 1) -> torch.Tensor:
+    """``t`` left-padded with ``value`` along ``dim`` to ``length``."""
+    n = length - t.size(dim)
+    return F.pad(t, (0, 0) * (t.dim() - 1 - dim) + (n, 0), value=value) if n > 0 else t
+
 
 class LayerCache:
     """One block's kept keys and values ``[B, heads, S, d]``."""
@@ -372,3 +394,22 @@ class Decoder:
             self.logits = self.model(step, cache=self.cache)
         else:
             self.logits = self._window()
+
+    def join(self, other: Decoder) -> None:
+        """Take ``other``'s rows in after these: a request joins a running batch (continuous batching)."""
+        T = max(self.idx.size(1), other.idx.size(1))
+        self.idx = torch.cat([pad_left(d.idx, T, 0) for d in (self, other)])
+        self.mask = torch.cat([pad_left(d.mask, T, False) for d in (self, other)])
+        self.logits = torch.cat((self.logits, other.logits))
+        if self.cache is not None and other.cache is not None:
+            self.cache.join(other.cache)
+        else:  # a side without a cache (use_cache=False): the next push recomputes the window for all rows
+            self.cache = None
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only ``rows`` (a request ended): the batch shrinks to the positions they still use."""
+        mask = self.mask[rows]
+        start = int(mask.any(0).long().argmax())
+        self.idx, self.mask, self.logits = self.idx[rows, start:], mask[:, start:], self.logits[rows]
+        if self.cache is not None:
+            self.cache.keep(rows)
