@@ -492,6 +492,91 @@ def test_batcher_groups_requests_and_a_failing_batch_fails_only_itself():
     assert sizes[:2] == [3, 2]  # five at once: a full batch, then the rest
 
 
+def test_completions_join_a_running_batch_and_leave_when_they_end():
+    # Continuous batching in DecodeBatch: a completion added after 5 steps gives the text it gives alone, and
+    # a short one leaves the batch at its own last token while a long one goes on past block_size (16).
+    from lab.serve.generation import Completion, DecodeBatch, run_completions
+
+    served = tiny_lm()
+
+    def job(prompt: str, n: int) -> Completion:
+        return Completion(served.tokenizer.encode(prompt), n, 0.0, None, 1.0, 0, [], lambda *_: None)
+
+    alone = {}
+    for prompt, n in (("hello", 30), ("the quick", 4), ("a", 12)):
+        alone[prompt] = job(prompt, n)
+        run_completions(served, [alone[prompt]])
+    batch, ended_at = DecodeBatch(served), {}
+    jobs = {"hello": job("hello", 30), "the quick": job("the quick", 4), "a": job("a", 12)}
+    batch.add([jobs["hello"]])
+    for step in range(40):
+        if step == 5:
+            batch.add([jobs["the quick"], jobs["a"]])
+        for j in batch.step():
+            ended_at[j.text] = step
+        if not batch:
+            break
+    assert {p: j.text for p, j in jobs.items()} == {p: j.text for p, j in alone.items()}
+    assert [ended_at[jobs[p].text] for p in ("the quick", "a", "hello")] == [5 + 3, 5 + 11, 29]
+
+
+def test_continuous_batcher_starts_a_request_that_arrives_mid_batch_at_once():
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from lab.serve.batching import ContinuousBatcher
+
+    class Countdown:
+        """Items are [steps left]; a step takes 10 ms; an item of -1 makes the step raise."""
+
+        def __init__(self) -> None:
+            self.items: list[list[int]] = []
+
+        def __len__(self) -> int:
+            return len(self.items)
+
+        def add(self, items: list[list[int]]) -> None:
+            self.items += items
+
+        def step(self) -> list[list[int]]:
+            time.sleep(0.01)
+            if any(i[0] < 0 for i in self.items):
+                raise RuntimeError("boom")
+            for i in self.items:
+                i[0] -= 1
+            ended = [i for i in self.items if i[0] == 0]
+            self.items = [i for i in self.items if i[0] > 0]
+            return ended
+
+    rows: list[int] = []
+    order: list[str] = []
+
+    async def main() -> str:
+        b = ContinuousBatcher(Countdown, max_size=4, max_wait_s=0.001, max_queue=10, executor=ThreadPoolExecutor(1),
+                              on_batch=rows.append)
+        b.start()
+
+        async def go(name: str, steps: int, after: float) -> None:
+            await asyncio.sleep(after)
+            await b.submit([steps])
+            order.append(name)
+
+        # long: 40 steps (~0.4 s); short arrives after ~0.1 s and needs 3 steps: it must not wait for long.
+        await asyncio.gather(go("long", 40, 0), go("short", 3, 0.1))
+        try:
+            await asyncio.gather(b.submit([5]), b.submit([-1]))
+        except RuntimeError as e:
+            failed = str(e)
+        assert await b.submit([2]) is None  # a new batch after the failed one
+        await b.stop()
+        return failed
+
+    assert asyncio.run(main()) == "boom"
+    assert order == ["short", "long"]
+    assert 2 in rows[:40] and rows[0] == 1  # one row, then two while short ran, then one again
+    assert len(rows) < 40 + 3 + 1 + 2 + 2  # short's steps were shared with long's, not run after them
+
+
 # ------------------------------------------------------------------ end to end: a trained run, its artifact, the CLI
 
 

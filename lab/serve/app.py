@@ -24,9 +24,9 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lab.serve.batching import Batcher, QueueFull
+from lab.serve.batching import Batcher, ContinuousBatcher, QueueFull
 from lab.serve.config import ServeConfig
-from lab.serve.generation import Completion, run_completions
+from lab.serve.generation import Completion, DecodeBatch, run_completions
 from lab.serve.metrics import CONTENT_TYPE, Metrics
 from lab.serve.predict import BadRequest, answers, collate, parse_k, parse_sample
 
@@ -65,8 +65,9 @@ class State:
         size = self.metrics.batch_size
         self.predictor = Batcher(self._predict, cfg.max_batch_size, wait, cfg.max_queue, self.executor,
                                  size.labels(kind="predict").observe, depth.labels(kind="predict").set)
-        self.generator = Batcher(self._generate, cfg.max_batch_size, wait, cfg.max_queue, self.executor,
-                                 size.labels(kind="generate").observe, depth.labels(kind="generate").set)
+        self.generator = ContinuousBatcher(self._decode_batch, cfg.max_batch_size, wait, cfg.max_queue,
+                                           self.executor, size.labels(kind="generate").observe,
+                                           depth.labels(kind="generate").set)
 
     def load(self) -> None:
         """Load (unless given) and warm up the model; runs on the model's thread."""
@@ -96,12 +97,12 @@ class State:
             out = self.served.forward(collate(self.served, [x for x, _ in items]))
         return answers(self.served, out, [k for _, k in items])
 
-    def _generate(self, jobs: list[Completion]) -> list[None]:
+    def _decode_batch(self) -> DecodeBatch:
         def tokens(n: int, seconds: float) -> None:
             self.metrics.tokens.inc(n)
             self.metrics.tokens_per_second.set(n / seconds if seconds > 0 else 0.0)
 
-        return run_completions(self.served, jobs, tokens)
+        return DecodeBatch(self.served, tokens)
 
 
 def create_app(cfg: ServeConfig, served: Any = None) -> FastAPI:

@@ -42,9 +42,9 @@ class ServeConfig:
     model_name: str | None = None
     """The model's name in /v1/models and the ``model`` field requests must give (default: the run's name)."""
     max_batch_size: int = 8
-    """Requests run together in one forward pass (prediction) or one decoding loop (generation)."""
+    """Requests run together in one forward pass (prediction), or completions decoding at once (generation)."""
     max_wait_ms: float = 5.0
-    """How long the first request of a batch waits for others to join it."""
+    """How long the first request of a batch waits for others (a running generation batch takes newcomers at once)."""
     max_prompt_tokens: int = 2048
     """Longest prompt accepted, in tokens (longer ones are cropped to block_size when run)."""
     max_tokens: int = 512

@@ -1,15 +1,17 @@
-"""Batched text generation for the server: several completions decoded together, streamed piece by piece.
+"""Text generation for the server with continuous batching: completions decode together, streamed piece by piece.
 
-    job = Completion(ids=tok.encode("ROMEO:"), max_tokens=50, temperature=0.8, top_k=None, top_p=1.0,
-                     seed=0, stop=["\n\n"], emit=print)
-    run_completions(served, [job, other])     # on the model's thread; emit(text, None) ... emit("", "stop")
+    batch = DecodeBatch(served)              # on the model's thread
+    batch.add([job])                         # job = Completion(ids=tok.encode("ROMEO:"), max_tokens=50, ...,
+    while batch:                             #                  emit=print): emit(text, None) ... emit("", "stop")
+        ended = batch.step()                 # one token for every row; more jobs may be added between steps
 
-Rows are left-padded to the longest prompt and decoded by ``lab.models.gpt.Decoder`` (KV cache,
+Rows are left-padded to the longest context and decoded by ``lab.models.gpt.Decoder`` (KV cache,
 crop-and-recompute past ``block_size``, padding never attended to), so a row gives the same tokens
-alone or in a batch. Each row samples with its own settings and its own seeded generator. A row ends
-at ``max_tokens``, at a stop sequence, or when its client has gone (``cancelled``); the batch ends
-when every row has. A model that runs outside PyTorch (ONNX Runtime) has no cache: each row
-recomputes its window of the last ``block_size`` tokens at every step.
+alone, in a batch, or joining one that already runs. Each row samples with its own settings and its own
+seeded generator. A row ends at ``max_tokens``, at a stop sequence, or when its client has gone
+(``cancelled``), and leaves the batch at once. A model that runs outside PyTorch (ONNX Runtime) has no
+cache: each row recomputes its window of the last ``block_size`` tokens at every step.
+``lab.serve.batching.ContinuousBatcher`` feeds the server's requests into one ``DecodeBatch``.
 
 Text is decoded from all of a row's new tokens at once (a BPE token may be half a character) and held
 back while it could still be the start of a stop sequence, so no stop text ever reaches the client.
@@ -86,6 +88,12 @@ class RowDecoders:
         for row, nxt in zip(self.rows, next_ids):
             row.push(nxt.view(1))
 
+    def join(self, other: RowDecoders) -> None:
+        self.rows += other.rows
+
+    def keep(self, rows: torch.Tensor) -> None:
+        self.rows = [self.rows[i] for i in rows.tolist()]
+
 
 def decoder_for(served: Any, rows: list[list[int]]) -> Any:
     """A Decoder over left-padded rows (a GPT module), or per-row window decoders (anything else)."""
@@ -125,37 +133,75 @@ def _advance(job: Completion, decode: Callable[[list[int]], str]) -> None:
         job.sent = safe
 
 
-@torch.inference_mode()
-def run_completions(served: Any, jobs: list[Completion], on_tokens: Callable[[int, float], None] | None = None) -> list[None]:
-    """Generate every job's completion together (see the module docstring); -> one None per job."""
-    decode = served.tokenizer.decode
-    gens = []
-    for job in jobs:
-        g = torch.Generator()
-        g.manual_seed(job.seed) if job.seed is not None else g.seed()
-        gens.append(g)
-    start, made = time.perf_counter(), 0
-    dec = decoder_for(served, [j.ids for j in jobs])
-    while True:
+class DecodeBatch:
+    """The completions decoding together: ``add`` prefills new ones into the batch, ``step`` samples a token for each.
+
+    Continuous batching: completions join between steps and leave at the step they end, so a long one never
+    holds a short one back. ``on_tokens(n, seconds)`` hears the tokens made, about once a second.
+    """
+
+    def __init__(self, served: Any, on_tokens: Callable[[int, float], None] | None = None) -> None:
+        self.served, self.on_tokens = served, on_tokens
+        self.jobs: list[Completion] = []
+        self.gens: list[torch.Generator] = []
+        self.dec: Any = None
+        self.made, self.since = 0, time.perf_counter()
+
+    def __len__(self) -> int:
+        return len(self.jobs)
+
+    @torch.inference_mode()
+    def add(self, jobs: list[Completion]) -> None:
+        """Run the new prompts (together) and append their rows to the batch."""
+        if not jobs:
+            return
         for job in jobs:
-            if job.finish is None and job.cancelled.is_set():
+            g = torch.Generator()
+            g.manual_seed(job.seed) if job.seed is not None else g.seed()
+            self.gens.append(g)
+        new = decoder_for(self.served, [j.ids for j in jobs])
+        if self.dec is None:
+            self.dec, self.made, self.since = new, 0, time.perf_counter()
+        else:
+            self.dec.join(new)
+        self.jobs += jobs
+
+    @torch.inference_mode()
+    def step(self) -> list[Completion]:
+        """One token for every row; -> the completions that ended (length, stop, or their client gone)."""
+        logits, decode = self.dec.logits, self.served.tokenizer.decode
+        nxt = torch.zeros(len(self.jobs), dtype=torch.long)
+        for i, job in enumerate(self.jobs):
+            if job.cancelled.is_set():
                 job.finish = "cancelled"
-        live = [i for i, j in enumerate(jobs) if j.finish is None]
-        if not live:
-            break
-        logits = dec.logits
-        nxt = torch.zeros(len(jobs), dtype=torch.long)  # finished rows step on a dummy token, never read
-        for i in live:
-            j = jobs[i]
-            nxt[i] = sample_next(logits[i:i + 1], j.temperature, j.top_k, j.top_p, gens[i])[0]
-            j.new_ids.append(int(nxt[i]))
-            made += 1
-            _advance(j, decode)
-        if any(j.finish is None for j in jobs):
-            dec.push(nxt)
-    for job in jobs:
-        if job.finish != "cancelled":
-            job.emit("", job.finish)
-    if on_tokens is not None:
-        on_tokens(made, time.perf_counter() - start)
-    return [None] * len(jobs)
+                continue
+            nxt[i] = sample_next(logits[i:i + 1], job.temperature, job.top_k, job.top_p, self.gens[i])[0]
+            job.new_ids.append(int(nxt[i]))
+            self.made += 1
+            _advance(job, decode)
+        keep = [i for i, j in enumerate(self.jobs) if j.finish is None]
+        ended = [j for j in self.jobs if j.finish is not None]
+        for job in ended:
+            if job.finish != "cancelled":
+                job.emit("", job.finish)
+        if len(keep) < len(self.jobs):
+            self.jobs, self.gens = [self.jobs[i] for i in keep], [self.gens[i] for i in keep]
+            if keep:
+                self.dec.keep(torch.tensor(keep))
+            else:
+                self.dec = None
+        if self.dec is not None:
+            self.dec.push(nxt[keep])
+        seconds = time.perf_counter() - self.since
+        if self.on_tokens is not None and (seconds >= 1.0 or self.dec is None):
+            self.on_tokens(self.made, seconds)
+            self.made, self.since = 0, time.perf_counter()
+        return ended
+
+
+def run_completions(served: Any, jobs: list[Completion], on_tokens: Callable[[int, float], None] | None = None) -> None:
+    """Generate every job's completion together, to the end of the last (a warm-up, a test)."""
+    batch = DecodeBatch(served, on_tokens)
+    batch.add(jobs)
+    while batch:
+        batch.step()
