@@ -112,7 +112,7 @@ def prepare_runs(args: argparse.Namespace, folder: Path) -> tuple[str, str, str]
             run = resolve_run(given, args.runs_dir)
         else:
             start = time.time()
-            run = fit(load_config(preset, overrides), runs_root=folder, progress=False)
+            run = fit(load_config(preset, overrides), runs_root=Path(root), progress=False)
             print(f"trained {run.name} in {time.time() - start:.0f}s", flush=True)
         if not (run.compressed_dir("int8-dynamic") / "report.json").is_file():
             start = time.time()
@@ -432,7 +432,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gpt", default=None, help="a gpt-nano run to serve (default: train one)")
     p.add_argument("--digits", default=None, help="a digits-cnn run to serve (default: train one)")
-    p.add_argument("--runs_dir", default=None, help="where --gpt and --digits live")
+    p.add_argument("--runs_dir", default=None, help="where --gpt and --digits live (and where runs trained here go)")
     p.add_argument("--gpt-steps", type=int, default=300, help="training steps of the gpt-nano run trained here")
     p.add_argument("--threads", type=int, default=2, help="torch threads of every server and of the KV-cache runs")
     p.add_argument("--seconds", type=float, default=8.0, help="measured seconds per load cell")
