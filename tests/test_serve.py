@@ -21,7 +21,7 @@ from lab.families import FAMILIES, family, register, unregister
 from lab.families.record import ModelFamily, Servable
 from lab.models.gpt import GPT, GPTConfig
 from lab.serve import ServeConfig, scrape, start
-from lab.serve.batching import Batcher
+from lab.serve.batching import Batcher, OneShot
 from lab.serve.loaded import Served
 from lab.serve.predict import parse_sample
 
@@ -475,8 +475,8 @@ def test_batcher_groups_requests_and_a_failing_batch_fails_only_itself():
         return [i * 10 for i in items]
 
     async def main() -> tuple[list[int], str]:
-        b = Batcher(run, max_size=3, max_wait_s=0.5, max_queue=10, executor=ThreadPoolExecutor(1),
-                    on_batch=sizes.append)
+        b = Batcher(lambda: OneShot(run), max_size=3, max_wait_s=0.5, max_queue=10,
+                    executor=ThreadPoolExecutor(1), on_batch=sizes.append)
         b.start()
         got = await asyncio.gather(*(b.submit(i) for i in range(5)))
         try:
@@ -512,7 +512,8 @@ def test_completions_join_a_running_batch_and_leave_when_they_end():
     for step in range(40):
         if step == 5:
             batch.add([jobs["the quick"], jobs["a"]])
-        for j in batch.step():
+        for j, reason in batch.step():
+            assert reason == "length"
             ended_at[j.text] = step
         if not batch:
             break
@@ -520,11 +521,9 @@ def test_completions_join_a_running_batch_and_leave_when_they_end():
     assert [ended_at[jobs[p].text] for p in ("the quick", "a", "hello")] == [5 + 3, 5 + 11, 29]
 
 
-def test_continuous_batcher_starts_a_request_that_arrives_mid_batch_at_once():
+def test_batcher_starts_a_request_that_arrives_mid_batch_at_once():
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
-
-    from lab.serve.batching import ContinuousBatcher
 
     class Countdown:
         """Items are [steps left]; a step takes 10 ms; an item of -1 makes the step raise."""
@@ -538,13 +537,13 @@ def test_continuous_batcher_starts_a_request_that_arrives_mid_batch_at_once():
         def add(self, items: list[list[int]]) -> None:
             self.items += items
 
-        def step(self) -> list[list[int]]:
+        def step(self) -> list[tuple[list[int], str]]:
             time.sleep(0.01)
             if any(i[0] < 0 for i in self.items):
                 raise RuntimeError("boom")
             for i in self.items:
                 i[0] -= 1
-            ended = [i for i in self.items if i[0] == 0]
+            ended = [(i, "done") for i in self.items if i[0] == 0]
             self.items = [i for i in self.items if i[0] > 0]
             return ended
 
@@ -552,7 +551,7 @@ def test_continuous_batcher_starts_a_request_that_arrives_mid_batch_at_once():
     order: list[str] = []
 
     async def main() -> str:
-        b = ContinuousBatcher(Countdown, max_size=4, max_wait_s=0.001, max_queue=10, executor=ThreadPoolExecutor(1),
+        b = Batcher(Countdown, max_size=4, max_wait_s=0.001, max_queue=10, executor=ThreadPoolExecutor(1),
                               on_batch=rows.append)
         b.start()
 
@@ -567,7 +566,7 @@ def test_continuous_batcher_starts_a_request_that_arrives_mid_batch_at_once():
             await asyncio.gather(b.submit([5]), b.submit([-1]))
         except RuntimeError as e:
             failed = str(e)
-        assert await b.submit([2]) is None  # a new batch after the failed one
+        assert await b.submit([2]) == "done"  # a new batch after the failed one
         await b.stop()
         return failed
 

@@ -24,7 +24,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from lab.serve.batching import Batcher, ContinuousBatcher, QueueFull
+from lab.serve.batching import Batcher, OneShot, QueueFull
 from lab.serve.config import ServeConfig
 from lab.serve.generation import Completion, DecodeBatch, run_completions
 from lab.serve.metrics import CONTENT_TYPE, Metrics
@@ -63,11 +63,10 @@ class State:
         wait = cfg.max_wait_ms / 1000
         depth = self.metrics.queue_depth
         size = self.metrics.batch_size
-        self.predictor = Batcher(self._predict, cfg.max_batch_size, wait, cfg.max_queue, self.executor,
-                                 size.labels(kind="predict").observe, depth.labels(kind="predict").set)
-        self.generator = ContinuousBatcher(self._decode_batch, cfg.max_batch_size, wait, cfg.max_queue,
-                                           self.executor, size.labels(kind="generate").observe,
-                                           depth.labels(kind="generate").set)
+        self.predictor = Batcher(lambda: OneShot(self._predict), cfg.max_batch_size, wait, cfg.max_queue,
+                                 self.executor, size.labels(kind="predict").observe, depth.labels(kind="predict").set)
+        self.generator = Batcher(self._decode_batch, cfg.max_batch_size, wait, cfg.max_queue, self.executor,
+                                 size.labels(kind="generate").observe, depth.labels(kind="generate").set)
 
     def load(self) -> None:
         """Load (unless given) and warm up the model; runs on the model's thread."""

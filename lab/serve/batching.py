@@ -1,16 +1,23 @@
-"""Dynamic batching: requests that arrive close together run as one batch on the model's thread.
+"""Dynamic batching on the model's thread: predictions run in batches, completions join a running batch.
 
-``Batcher`` runs a batch in one call (a prediction); ``ContinuousBatcher`` steps a batch that requests
-join and leave between steps (generation, see its docstring).
-
-    batcher = Batcher(run_batch, max_size=8, max_wait_s=0.005, max_queue=256, executor=pool)
+    batcher = Batcher(lambda: OneShot(run_batch), max_size=8, max_wait_s=0.005, max_queue=256, executor=pool)
     batcher.start()                       # inside the server's event loop
     result = await batcher.submit(item)   # this item's entry of run_batch([..., item, ...])
 
-The first request of a batch waits at most ``max_wait_s`` for others (a lone request pays that once);
-a full batch runs at once. ``run_batch`` runs on ``executor`` -- one thread shared by every batcher of a
-server, so the model never runs twice at the same time and the event loop keeps answering (/health,
-/metrics, streams) while it works. A batch that raises fails its own requests only; the loop goes on.
+    batcher = Batcher(lambda: DecodeBatch(served), max_size=32, ...)   # generation (lab.serve.generation)
+    reason = await batcher.submit(job)    # once the job has ended; its text went out meanwhile
+
+A batch is anything ``Stepped``: items are added, and each ``step`` ends some of them with a result. A
+prediction ends at its first step (``OneShot``); a completion after many (continuous batching: new
+completions join between steps, each leaves at its own last token, a long one never holds a short one).
+
+An idle batcher waits up to ``max_wait_s`` after a first request for others (a lone request pays that
+once; a full batch starts at once). Then one call on ``executor`` -- the one thread shared by every
+batcher of a server, so the model never runs twice at the same time -- steps batches for as long as
+requests run or wait, taking in up to ``max_size`` waiting ones before each step. The loop lives on the
+model's thread, not the event loop: however busy the event loop is with clients, the model never waits
+on it between steps, and the loop keeps answering /health, /metrics and streams while the model works.
+A step that raises fails the requests in its batch only; the next step starts a new batch.
 """
 
 from __future__ import annotations
@@ -28,106 +35,32 @@ class QueueFull(Exception):
     """More requests wait than ``max_queue``: the caller answers 503 rather than queueing without bound."""
 
 
-class Batcher(Generic[T]):
-    """Collects submitted items into batches for ``run_batch(items) -> results`` (one result per item)."""
-
-    def __init__(self, run_batch: Callable[[list[T]], list[Any]], max_size: int, max_wait_s: float, max_queue: int,
-                 executor: Executor, on_batch: Callable[[int], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None) -> None:
-        self.run_batch, self.max_size, self.max_wait_s, self.max_queue = run_batch, max_size, max_wait_s, max_queue
-        self.executor, self.on_batch, self.on_depth = executor, on_batch, on_depth
-        self._queue: asyncio.Queue[tuple[T, asyncio.Future[Any]]] | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def depth(self) -> int:
-        """Requests waiting for a batch (not those running)."""
-        return 0 if self._queue is None else self._queue.qsize()
-
-    def start(self) -> None:
-        """Start collecting, in the running event loop."""
-        self._queue = asyncio.Queue()
-        self._task = asyncio.get_running_loop().create_task(self._loop())
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-
-    async def submit(self, item: T) -> Any:
-        """Queue ``item`` and wait for its result (QueueFull when too many wait)."""
-        assert self._queue is not None, "Batcher.start() first"
-        if self._queue.qsize() >= self.max_queue:
-            raise QueueFull(f"{self._queue.qsize()} requests are waiting already (max_queue {self.max_queue})")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait((item, future))
-        self._depth()
-        return await future
-
-    def _depth(self) -> None:
-        if self.on_depth is not None:
-            self.on_depth(self.depth)
-
-    async def _collect(self) -> list[tuple[T, asyncio.Future[Any]]]:
-        assert self._queue is not None
-        loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        deadline = loop.time() + self.max_wait_s
-        while len(batch) < self.max_size:
-            left = deadline - loop.time()
-            try:
-                batch.append(self._queue.get_nowait() if left <= 0 else
-                             await asyncio.wait_for(self._queue.get(), left))
-            except (asyncio.QueueEmpty, asyncio.TimeoutError):
-                break
-        self._depth()
-        # A request whose caller went away while it waited (a closed connection) is not run.
-        return [(item, fut) for item, fut in batch if not fut.done()]
-
-    async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = await self._collect()
-            if not batch:
-                continue
-            if self.on_batch is not None:
-                self.on_batch(len(batch))
-            try:
-                results = await loop.run_in_executor(self.executor, self.run_batch, [item for item, _ in batch])
-            except Exception as e:  # this batch's requests fail; the server goes on
-                for _, fut in batch:
-                    _settle(fut, None, e)
-                continue
-            for (_, fut), result in zip(batch, results):
-                _settle(fut, result)
-
-
 class Stepped(Protocol[T]):
-    """What ``ContinuousBatcher`` runs: a batch that items join, stepped until each of them ends."""
+    """A batch the ``Batcher`` steps: items join it, and each step ends some of them."""
 
     def add(self, items: list[T]) -> None: ...
 
-    def step(self) -> list[T]:
-        """Advance every item one step; -> the items that ended at it."""
+    def step(self) -> list[tuple[T, Any]]:
+        """Advance every item one step; -> ``(item, result)`` for each item that ended at it."""
         ...
 
 
-class ContinuousBatcher(Generic[T]):
-    """Iteration-level (continuous) batching: requests join a running batch between steps, leave as each ends.
+class OneShot(Generic[T]):
+    """A batch whose items all end at the first step: ``run_batch(items) -> one result per item`` (a prediction)."""
 
-        batcher = ContinuousBatcher(lambda: DecodeBatch(served), max_size=32, max_wait_s=0.005, max_queue=256,
-                                    executor=pool)
-        batcher.start()                       # inside the server's event loop
-        await batcher.submit(job)             # returns once the job has ended (its output went out meanwhile)
+    def __init__(self, run_batch: Callable[[list[T]], list[Any]]) -> None:
+        self.run_batch, self.items = run_batch, []
 
-    An idle batcher waits up to ``max_wait_s`` after a first request for others, as ``Batcher`` does. Then
-    one call on the model's thread steps the batch for as long as it has work: between steps it takes in
-    waiting requests (up to ``max_size`` rows) and lets ended ones go, so a request that arrives
-    mid-generation starts at the next step instead of after the whole batch. The loop lives on the model's
-    thread, not the event loop, so a busy event loop (many clients) never leaves the model waiting between
-    steps. ``on_batch`` hears the rows of every step. A step that raises fails the requests in the batch;
-    the loop goes on with a new batch.
-    """
+    def add(self, items: list[T]) -> None:
+        self.items += items
+
+    def step(self) -> list[tuple[T, Any]]:
+        items, self.items = self.items, []
+        return list(zip(items, self.run_batch(items)))
+
+
+class Batcher(Generic[T]):
+    """Feeds submitted items into ``new_batch()`` batches on the model's thread (see the module docstring)."""
 
     def __init__(self, new_batch: Callable[[], Stepped[T]], max_size: int, max_wait_s: float, max_queue: int,
                  executor: Executor, on_batch: Callable[[int], None] | None = None,
@@ -143,7 +76,7 @@ class ContinuousBatcher(Generic[T]):
 
     @property
     def depth(self) -> int:
-        """Requests waiting to join (not those running)."""
+        """Requests waiting for a batch (not those running)."""
         return len(self._waiting)
 
     def start(self) -> None:
@@ -154,8 +87,8 @@ class ContinuousBatcher(Generic[T]):
         self._stopped = True  # the model's thread leaves its loop after the current step
 
     async def submit(self, item: T) -> Any:
-        """Queue ``item`` and wait until it has ended (QueueFull when too many wait)."""
-        assert self._loop is not None, "ContinuousBatcher.start() first"
+        """Queue ``item`` and wait for its result (QueueFull when too many wait)."""
+        assert self._loop is not None, "Batcher.start() first"
         if len(self._waiting) >= self.max_queue:
             raise QueueFull(f"{len(self._waiting)} requests are waiting already (max_queue {self.max_queue})")
         future: asyncio.Future[Any] = self._loop.create_future()
@@ -175,7 +108,7 @@ class ContinuousBatcher(Generic[T]):
             self.on_depth(self.depth)
 
     async def _begin(self) -> None:
-        try:  # give the requests that arrive together a moment to start together
+        try:  # give requests that arrive together a moment to start together
             await asyncio.wait_for(self._full.wait(), self.max_wait_s)
         except asyncio.TimeoutError:
             pass
@@ -187,10 +120,10 @@ class ContinuousBatcher(Generic[T]):
             raise
 
     def _work(self) -> None:
-        """The model's thread: step the batch until nothing runs and nothing waits."""
+        """The model's thread: step batches until nothing runs and nothing waits."""
         loop = self._loop
         assert loop is not None
-        rows, running = self.new_batch(), {}
+        batch, running = self.new_batch(), []
         while not self._stopped:
             with self._lock:
                 joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_size - len(running)))]
@@ -200,20 +133,22 @@ class ContinuousBatcher(Generic[T]):
             self._depth()
             # A request whose caller went away while it waited (a closed connection) is not run.
             joining = [(item, fut) for item, fut in joining if not fut.done()]
-            running.update({id(item): (item, fut) for item, fut in joining})
-            if self.on_batch is not None and running:
+            running += joining
+            if not running:
+                continue
+            if self.on_batch is not None:
                 self.on_batch(len(running))
             try:
-                rows.add([item for item, _ in joining])
-                ended = rows.step() if running else []
-            except Exception as e:  # the batch's requests fail; the server goes on with a new batch
-                for _, fut in running.values():
+                batch.add([item for item, _ in joining])
+                ended = batch.step()
+            except Exception as e:  # this batch's requests fail; the server goes on with a new batch
+                for _, fut in running:
                     loop.call_soon_threadsafe(_settle, fut, None, e)
-                rows, running = self.new_batch(), {}
+                batch, running = self.new_batch(), []
                 continue
-            for item in ended:
-                _, fut = running.pop(id(item))
-                loop.call_soon_threadsafe(_settle, fut, None)
+            for item, result in ended:
+                _, fut = running.pop(next(i for i, (it, _) in enumerate(running) if it is item))
+                loop.call_soon_threadsafe(_settle, fut, result)
 
 
 def _settle(fut: asyncio.Future[Any], result: Any, error: Exception | None = None) -> None:

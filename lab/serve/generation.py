@@ -3,7 +3,7 @@
     batch = DecodeBatch(served)              # on the model's thread
     batch.add([job])                         # job = Completion(ids=tok.encode("ROMEO:"), max_tokens=50, ...,
     while batch:                             #                  emit=print): emit(text, None) ... emit("", "stop")
-        ended = batch.step()                 # one token for every row; more jobs may be added between steps
+        ended = batch.step()                 # one token each; -> [(job, finish reason)] of jobs that ended
 
 Rows are left-padded to the longest context and decoded by ``lab.models.gpt.Decoder`` (KV cache,
 crop-and-recompute past ``block_size``, padding never attended to), so a row gives the same tokens
@@ -11,7 +11,7 @@ alone, in a batch, or joining one that already runs. Each row samples with its o
 seeded generator. A row ends at ``max_tokens``, at a stop sequence, or when its client has gone
 (``cancelled``), and leaves the batch at once. A model that runs outside PyTorch (ONNX Runtime) has no
 cache: each row recomputes its window of the last ``block_size`` tokens at every step.
-``lab.serve.batching.ContinuousBatcher`` feeds the server's requests into one ``DecodeBatch``.
+``lab.serve.batching.Batcher`` feeds the server's requests into a ``DecodeBatch``.
 
 Text is decoded from all of a row's new tokens at once (a BPE token may be half a character) and held
 back while it could still be the start of a stop sequence, so no stop text ever reaches the client.
@@ -167,8 +167,8 @@ class DecodeBatch:
         self.jobs += jobs
 
     @torch.inference_mode()
-    def step(self) -> list[Completion]:
-        """One token for every row; -> the completions that ended (length, stop, or their client gone)."""
+    def step(self) -> list[tuple[Completion, str]]:
+        """One token for every row; -> ``(job, finish reason)`` for each that ended (length, stop, cancelled)."""
         logits, decode = self.dec.logits, self.served.tokenizer.decode
         nxt = torch.zeros(len(self.jobs), dtype=torch.long)
         for i, job in enumerate(self.jobs):
@@ -196,7 +196,7 @@ class DecodeBatch:
         if self.on_tokens is not None and (seconds >= 1.0 or self.dec is None):
             self.on_tokens(self.made, seconds)
             self.made, self.since = 0, time.perf_counter()
-        return ended
+        return [(job, job.finish) for job in ended]
 
 
 def run_completions(served: Any, jobs: list[Completion], on_tokens: Callable[[int, float], None] | None = None) -> None:
