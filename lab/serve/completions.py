@@ -3,8 +3,9 @@
     add_completions(app, state, body_of)     # called by lab.serve.app.create_app
 
 A request is checked (fields, model name, prompt length, tokens), takes one of ``max_streams`` slots
-(429 when none is free) and joins the generation batcher. Text comes back from the model's thread
-through an asyncio queue: collected into one JSON answer, or sent as server-sent events -- one
+(429 when none is free) and joins the generation batcher. A plain answer is the job's text once the
+batcher says it ended (one wake-up of the event loop per request); a stream's text comes back from the
+model's thread through an asyncio queue, sent as server-sent events -- one
 ``text_completion`` chunk per piece, a last chunk with ``finish_reason``, then ``data: [DONE]``. A
 client that disconnects cancels its row (the batch stops decoding it) and frees its slot at once.
 """
@@ -75,9 +76,13 @@ def add_completions(app: FastAPI, state: Any, body_of: Callable[[Request], Any])
 
         loop = asyncio.get_running_loop()
         pieces: asyncio.Queue[tuple[str, str | None]] = asyncio.Queue()
+
+        def emit(text: str, finish: str | None) -> None:  # on the model's thread: wake the loop for a stream only
+            if req.stream:
+                loop.call_soon_threadsafe(pieces.put_nowait, (text, finish))
+
         job = Completion(ids=ids, max_tokens=req.max_tokens, temperature=req.temperature, top_k=req.top_k,
-                         top_p=req.top_p, seed=req.seed, stop=stop,
-                         emit=lambda text, finish: loop.call_soon_threadsafe(pieces.put_nowait, (text, finish)))
+                         top_p=req.top_p, seed=req.seed, stop=stop, emit=emit)
         state.streams += 1
         state.metrics.streams.set(state.streams)
         start = time.perf_counter()
@@ -105,18 +110,15 @@ def add_completions(app: FastAPI, state: Any, body_of: Callable[[Request], Any])
             _release(state)
             state.metrics.latency.labels(endpoint="/v1/completions").observe(time.perf_counter() - start)
 
-        if not req.stream:
+        if not req.stream:  # the whole text at once: the model's thread wakes this loop once, when it ends
             try:
-                text, reason = "", None
-                while reason is None:
-                    piece, reason = await next_piece()
-                    text += piece
+                reason = await done
             except QueueFull as e:
                 return error(503, f"the server is busy: {e}", kind="server_error")
             finally:
                 finish()
             n_out = len(job.new_ids)
-            return JSONResponse({**_chunk(rid, s.name, text, reason), "usage": {
+            return JSONResponse({**_chunk(rid, s.name, job.text, reason), "usage": {
                 "prompt_tokens": len(ids), "completion_tokens": n_out, "total_tokens": len(ids) + n_out}})
 
         async def events() -> AsyncIterator[str]:
