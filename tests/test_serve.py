@@ -209,7 +209,8 @@ def test_client_health_completion_and_metrics_summary(lm_server):
 
     h = sc.health(lm_server.url)
     assert h["status"] == "ok" and h["model"] == "tiny-gpt"
-    before = sc.figures(scrape(lm_server.url, KEY))
+    before_m = scrape(lm_server.url, KEY)
+    before = sc.figures(before_m)
     out = sc.complete(lm_server.url, "tiny-gpt", "hello", max_tokens=6, temperature=0, api_key=KEY)
     assert out["finish_reason"] == "length" and len(out["text"]) == 6 and out["usage"]["completion_tokens"] == 6
     assert sc.completion_body("m", "p", 3, 0, seed=2) == {"model": "m", "prompt": "p", "max_tokens": 3,
@@ -224,6 +225,9 @@ def test_client_health_completion_and_metrics_summary(lm_server):
     assert after["tokens"] == before["tokens"] + 6
     assert after["errors"] == before["errors"] + 2 and after["requests"] == before["requests"] + 3
     assert after["latency_ms"] > 0 and after["ready"] == 1 and after["queue"] == 0 and after["batch_size"] >= 1
+    # Each request's time is observed once (the answered completion, the 404 and the 401 alike).
+    seconds = 'lab_serve_request_seconds_count{endpoint="/v1/completions"}'
+    assert scrape(lm_server.url, KEY)[seconds] - before_m[seconds] == 3
     rows = sc.summary(scrape(lm_server.url, KEY))
     shown = {r["figure"]: r["value"] for r in rows}
     assert shown["completions"] == f"{after['completions']:.0f}" and shown["predictions"] == "0"
@@ -372,6 +376,33 @@ def test_predict_numbers_of_the_example_shape_for_a_regressor():
             assert r.status_code == 400
     finally:
         server.stop()
+
+
+def test_an_error_inside_the_model_is_a_500_for_that_request_only():
+    from lab.models.mlp import MLP, MLPConfig
+
+    cfg = MLPConfig()
+    model = MLP(cfg).eval()
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if bool((x == 999).any()):
+            raise RuntimeError("boom")
+        return model(x)
+
+    served = Served(name="mlp", family=family("mlp"), config=cfg, forward=forward, module=model, tokenizer=None,
+                    artifact="fp32")
+    server = start(ServeConfig(run="unused", port=0), served)
+    try:
+        assert server.wait_ready()
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            r = c.post("/predict", json={"features": [999.0] * cfg.in_features})
+            assert r.status_code == 500 and r.json()["error"]["message"] == "internal error: RuntimeError: boom"
+            assert c.post("/predict", json={"features": [1.0] * cfg.in_features}).status_code == 200
+        m = scrape(server.url)
+    finally:
+        server.stop()
+    assert m['lab_serve_requests_total{endpoint="/predict",status="500"}'] == 1
+    assert m['lab_serve_request_seconds_count{endpoint="/predict"}'] == 2
 
 
 def _png_b64(pixels) -> str:

@@ -21,8 +21,9 @@ from typing import Any, AsyncIterator, Literal
 
 import torch
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.datastructures import Headers
 
 from lab.serve.batching import Batcher, OneShot, QueueFull
 from lab.serve.config import ServeConfig
@@ -104,6 +105,57 @@ class State:
         return DecodeBatch(self.served, tokens)
 
 
+ENDPOINTS = ("/health", "/metrics", "/v1/models", "/v1/completions", "/predict")
+"""The paths metrics are labelled with (any other path is "other")."""
+
+
+class Guard:
+    """Every request's gate and meter, as plain ASGI middleware: API key, body size, readiness, metrics, a 500
+    for a route's error. (Starlette's ``@app.middleware("http")`` would run each response through a task
+    and memory streams, a cost paid on every request.)"""
+
+    def __init__(self, app: Any, state: State) -> None:
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        start, path = time.perf_counter(), scope["path"]
+        endpoint = path if path in ENDPOINTS else "other"
+        status: int | None = None
+
+        async def sending(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                self.state.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            await send(message)
+
+        refusal = self._refusal(path, Headers(scope=scope))
+        try:
+            await (refusal or self.app)(scope, receive, sending)
+        except Exception as e:  # a bug in a route must not take the server down
+            if status is not None:  # a stream has begun: nothing more can be said in it
+                raise
+            await error(500, f"internal error: {type(e).__name__}: {e}", kind="server_error")(scope, receive, sending)
+        # A stream's time runs to its end.
+        self.state.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
+
+    def _refusal(self, path: str, headers: Headers) -> JSONResponse | None:
+        cfg, state = self.state.cfg, self.state
+        if path != "/health" and cfg.api_key is not None:
+            if headers.get("authorization", "") != f"Bearer {cfg.api_key}":
+                return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
+                             kind="authentication_error")
+        size = headers.get("content-length")
+        if size is not None and (not size.isdigit() or int(size) > cfg.max_body_bytes):
+            return error(413, f"the body is {size} bytes; at most {cfg.max_body_bytes} are accepted")
+        if path not in ("/health", "/metrics") and not state.ready:
+            return error(503, state.failed and f"the model failed to load: {state.failed}" or "the model is loading",
+                         kind="server_error")
+        return None
+
+
 def create_app(cfg: ServeConfig, served: Any = None) -> FastAPI:
     """The server for ``cfg`` (``served``: an already loaded model, e.g. in tests or a notebook)."""
     state = State(cfg, served)
@@ -122,31 +174,7 @@ def create_app(cfg: ServeConfig, served: Any = None) -> FastAPI:
     app = FastAPI(title="Large Model Lab server", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.lab = state
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Response:
-        start, path = time.perf_counter(), request.url.path
-        endpoint = path if path in ("/health", "/metrics", "/v1/models", "/v1/completions", "/predict") else "other"
-        response = await _checked(request, call_next)
-        state.metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
-        if not isinstance(response, StreamingResponse):  # a stream's time is observed when it ends
-            state.metrics.latency.labels(endpoint=endpoint).observe(time.perf_counter() - start)
-        return response
-
-    async def _checked(request: Request, call_next: Any) -> Response:
-        if request.url.path != "/health" and cfg.api_key is not None:
-            if request.headers.get("authorization", "") != f"Bearer {cfg.api_key}":
-                return error(401, "missing or wrong API key: send 'Authorization: Bearer <key>'",
-                             kind="authentication_error")
-        size = request.headers.get("content-length")
-        if size is not None and (not size.isdigit() or int(size) > cfg.max_body_bytes):
-            return error(413, f"the body is {size} bytes; at most {cfg.max_body_bytes} are accepted")
-        if request.url.path not in ("/health", "/metrics") and not state.ready:
-            return error(503, state.failed and f"the model failed to load: {state.failed}" or "the model is loading",
-                         kind="server_error")
-        try:
-            return await call_next(request)
-        except Exception as e:  # a bug in a route must not take the server down
-            return error(500, f"internal error: {type(e).__name__}: {e}", kind="server_error")
+    app.add_middleware(Guard, state=state)
 
     async def body_of(request: Request) -> Any:
         raw = await request.body()

@@ -85,7 +85,6 @@ def add_completions(app: FastAPI, state: Any, body_of: Callable[[Request], Any])
                          top_p=req.top_p, seed=req.seed, stop=stop, emit=emit)
         state.streams += 1
         state.metrics.streams.set(state.streams)
-        start = time.perf_counter()
         try:
             done = asyncio.ensure_future(state.generator.submit(job))
         except Exception:
@@ -108,7 +107,6 @@ def add_completions(app: FastAPI, state: Any, body_of: Callable[[Request], Any])
             job.cancelled.set()  # a client gone mid-stream: the batch stops decoding this row
             done.cancel()  # still queued: the batcher skips it; already finished: no effect
             _release(state)
-            state.metrics.latency.labels(endpoint="/v1/completions").observe(time.perf_counter() - start)
 
         if not req.stream:  # the whole text at once: the model's thread wakes this loop once, when it ends
             try:
