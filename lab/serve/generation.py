@@ -170,12 +170,13 @@ class DecodeBatch:
     def step(self) -> list[tuple[Completion, str]]:
         """One token for every row; -> ``(job, finish reason)`` for each that ended (length, stop, cancelled)."""
         logits, decode = self.dec.logits, self.served.tokenizer.decode
-        nxt = torch.zeros(len(self.jobs), dtype=torch.long)
+        nxt = logits.argmax(-1)  # every greedy row's token in one call; the sampled rows' are replaced below
         for i, job in enumerate(self.jobs):
             if job.cancelled.is_set():
                 job.finish = "cancelled"
                 continue
-            nxt[i] = sample_next(logits[i:i + 1], job.temperature, job.top_k, job.top_p, self.gens[i])[0]
+            if job.temperature != 0:
+                nxt[i] = sample_next(logits[i:i + 1], job.temperature, job.top_k, job.top_p, self.gens[i])[0]
             job.new_ids.append(int(nxt[i]))
             self.made += 1
             _advance(job, decode)
