@@ -232,7 +232,7 @@ def test_client_health_completion_and_metrics_summary(lm_server):
     shown = {r["figure"]: r["value"] for r in rows}
     assert shown["completions"] == f"{after['completions']:.0f}" and shown["predictions"] == "0"
     assert list(shown) == ["requests answered", "errors (4xx/5xx)", "completions", "predictions", "mean latency (ms)",
-                           "generated tokens", "tokens/s (last batch)", "mean batch size", "queue depth",
+                           "generated tokens", "tokens/s (last second)", "mean batch size", "queue depth",
                            "active completions"]
 
 
@@ -376,6 +376,23 @@ def test_predict_numbers_of_the_example_shape_for_a_regressor():
             assert r.status_code == 400
     finally:
         server.stop()
+
+
+def test_a_server_in_its_own_process_keeps_what_it_loaded_out_of_full_gc_passes():
+    import gc
+
+    from lab.serve.app import State
+
+    assert gc.get_freeze_count() == 0
+    shared = State(ServeConfig(run="unused"), tiny_lm())  # a notebook's or a test's server
+    shared.load()
+    assert shared.ready and gc.get_freeze_count() == 0
+    try:
+        own = State(ServeConfig(run="unused"), tiny_lm(), own_process=True)  # lab serve
+        own.load()
+        assert own.ready and gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
 
 
 def test_an_error_inside_the_model_is_a_500_for_that_request_only():

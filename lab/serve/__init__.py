@@ -49,7 +49,7 @@ def app_from_env() -> Any:
     """uvicorn's factory in each worker process: the app for the config in ``$LAB_SERVE_CONFIG``."""
     from lab.serve.app import create_app
 
-    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])))
+    return create_app(ServeConfig(**json.loads(os.environ[CONFIG_ENV])), own_process=True)
 
 
 def serve(cfg: ServeConfig) -> int:
@@ -64,7 +64,7 @@ def serve(cfg: ServeConfig) -> int:
         return 0
     from lab.serve.app import create_app
 
-    uvicorn.run(create_app(cfg), host=cfg.host, port=cfg.port, timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(cfg, own_process=True), host=cfg.host, port=cfg.port, timeout_graceful_shutdown=5)
     return 0
 
 
