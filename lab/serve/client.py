@@ -113,9 +113,10 @@ def figures(metrics: dict[str, float]) -> dict[str, float | None]:
     requests: answered requests but /health and /metrics (a dashboard's or Prometheus' own polling);
     errors: those of them with status >= 400;
     completions / predictions: answered with 200; latency_ms: the mean time of /v1/completions and
-    /predict requests (a stream: to its end); tokens, tokens_per_s: generated tokens, and the speed of
-    the last generation batch; batch_size: the mean requests per batch; queue: requests waiting for a
-    batch now; active: completions being written now; ready: 1 once the model is loaded.
+    /predict requests (a stream: to its end); tokens, tokens_per_s: generated tokens, and the speed over
+    about the last second of generation; batch_size: the mean requests per model call (a prediction
+    batch, or a decoding step of the completions in flight); queue: requests waiting for a batch now;
+    active: completions being written now; ready: 1 once the model is loaded.
     """
     def total(name: str, **want: Any) -> float:
         return sum(v for k, v in metrics.items() if _name(k) == name
@@ -144,7 +145,7 @@ def figures(metrics: dict[str, float]) -> dict[str, float | None]:
 _SHOWN = [("requests", "requests answered", "{:.0f}"), ("errors", "errors (4xx/5xx)", "{:.0f}"),
           ("completions", "completions", "{:.0f}"), ("predictions", "predictions", "{:.0f}"),
           ("latency_ms", "mean latency (ms)", "{:.1f}"), ("tokens", "generated tokens", "{:.0f}"),
-          ("tokens_per_s", "tokens/s (last batch)", "{:.1f}"), ("batch_size", "mean batch size", "{:.2f}"),
+          ("tokens_per_s", "tokens/s (last second)", "{:.1f}"), ("batch_size", "mean batch size", "{:.2f}"),
           ("queue", "queue depth", "{:.0f}"), ("active", "active completions", "{:.0f}")]
 
 
