@@ -569,31 +569,34 @@ def test_completions_join_a_running_batch_and_leave_when_they_end():
     assert [ended_at[jobs[p].text] for p in ("the quick", "a", "hello")] == [5 + 3, 5 + 11, 29]
 
 
+class Countdown:
+    """A ``Stepped`` batch for the Batcher tests: items are [steps left]; a step takes 10 ms; -1 makes it raise."""
+
+    def __init__(self) -> None:
+        self.items: list[list[int]] = []
+        self.steps = 0
+        self.joined_at: list[int] = []  # the step before which each group of newcomers joined
+
+    def add(self, items: list[list[int]]) -> None:
+        if items:
+            self.joined_at.append(self.steps)
+        self.items += items
+
+    def step(self) -> list[tuple[list[int], str]]:
+        time.sleep(0.01)
+        self.steps += 1
+        if any(i[0] < 0 for i in self.items):
+            raise RuntimeError("boom")
+        for i in self.items:
+            i[0] -= 1
+        ended = [(i, "done") for i in self.items if i[0] == 0]
+        self.items = [i for i in self.items if i[0] > 0]
+        return ended
+
+
 def test_batcher_starts_a_request_that_arrives_mid_batch_at_once():
     import asyncio
     from concurrent.futures import ThreadPoolExecutor
-
-    class Countdown:
-        """Items are [steps left]; a step takes 10 ms; an item of -1 makes the step raise."""
-
-        def __init__(self) -> None:
-            self.items: list[list[int]] = []
-
-        def __len__(self) -> int:
-            return len(self.items)
-
-        def add(self, items: list[list[int]]) -> None:
-            self.items += items
-
-        def step(self) -> list[tuple[list[int], str]]:
-            time.sleep(0.01)
-            if any(i[0] < 0 for i in self.items):
-                raise RuntimeError("boom")
-            for i in self.items:
-                i[0] -= 1
-            ended = [(i, "done") for i in self.items if i[0] == 0]
-            self.items = [i for i in self.items if i[0] > 0]
-            return ended
 
     rows: list[int] = []
     order: list[str] = []
@@ -622,6 +625,37 @@ def test_batcher_starts_a_request_that_arrives_mid_batch_at_once():
     assert order == ["short", "long"]
     assert 2 in rows[:40] and rows[0] == 1  # one row, then two while short ran, then one again
     assert len(rows) < 40 + 3 + 1 + 2 + 2  # short's steps were shared with long's, not run after them
+
+
+def test_batcher_lets_newcomers_join_a_running_batch_every_few_steps_only():
+    # join_every=4: each joining costs a prefill pass, so newcomers that arrive one by one during a batch
+    # wait for the next 4th step and join together; an empty batch takes them at once.
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches: list[Countdown] = []
+
+    def new_batch() -> Countdown:
+        batches.append(Countdown())
+        return batches[-1]
+
+    async def main() -> None:
+        b = Batcher(new_batch, max_size=8, max_wait_s=0.001, max_queue=10, executor=ThreadPoolExecutor(1),
+                    join_every=4)
+        b.start()
+
+        async def go(after: float, steps: int) -> None:
+            await asyncio.sleep(after)
+            await b.submit([steps])
+
+        await asyncio.gather(go(0, 30), *(go(0.025 + 0.013 * i, 3) for i in range(5)))
+        await b.stop()
+
+    asyncio.run(main())
+    joined = batches[0].joined_at
+    assert len(batches) == 1 and joined[0] == 0 and len(joined) >= 2
+    assert all(later - earlier >= 4 for earlier, later in zip(joined, joined[1:])), joined
+    assert len(joined) < 6  # 5 newcomers arriving a step or so apart joined in fewer groups
 
 
 # ------------------------------------------------------------------ end to end: a trained run, its artifact, the CLI

@@ -68,7 +68,8 @@ class State:
         self.predictor = Batcher(lambda: OneShot(self._predict), cfg.max_batch_size, wait, cfg.max_queue,
                                  self.executor, size.labels(kind="predict").observe, depth.labels(kind="predict").set)
         self.generator = Batcher(self._decode_batch, cfg.max_batch_size, wait, cfg.max_queue, self.executor,
-                                 size.labels(kind="generate").observe, depth.labels(kind="generate").set)
+                                 size.labels(kind="generate").observe, depth.labels(kind="generate").set,
+                                 join_every=4)
 
     def load(self) -> None:
         """Load (unless given) and warm up the model; runs on the model's thread."""

@@ -14,7 +14,8 @@ completions join between steps, each leaves at its own last token, a long one ne
 An idle batcher waits up to ``max_wait_s`` after a first request for others (a lone request pays that
 once; a full batch starts at once). Then one call on ``executor`` -- the one thread shared by every
 batcher of a server, so the model never runs twice at the same time -- steps batches for as long as
-requests run or wait, taking in up to ``max_size`` waiting ones before each step. The loop lives on the
+requests run or wait, taking in up to ``max_size`` waiting ones before a step (into a running batch only
+every ``join_every`` steps, or when they fill it: each joining is a prefill pass). The loop lives on the
 model's thread, not the event loop: however busy the event loop is with clients, the model never waits
 on it between steps, and the loop keeps answering /health, /metrics and streams while the model works.
 A step that raises fails the requests in its batch only; the next step starts a new batch.
@@ -64,8 +65,9 @@ class Batcher(Generic[T]):
 
     def __init__(self, new_batch: Callable[[], Stepped[T]], max_size: int, max_wait_s: float, max_queue: int,
                  executor: Executor, on_batch: Callable[[int], None] | None = None,
-                 on_depth: Callable[[int], None] | None = None) -> None:
+                 on_depth: Callable[[int], None] | None = None, join_every: int = 1) -> None:
         self.new_batch, self.max_size, self.max_wait_s, self.max_queue = new_batch, max_size, max_wait_s, max_queue
+        self.join_every = join_every
         self.executor, self.on_batch, self.on_depth = executor, on_batch, on_depth
         self._waiting: deque[tuple[T, asyncio.Future[Any]]] = deque()
         self._lock = threading.Lock()  # guards _waiting and _busy between the event loop and the model's thread
@@ -123,13 +125,20 @@ class Batcher(Generic[T]):
         """The model's thread: step batches until nothing runs and nothing waits."""
         loop = self._loop
         assert loop is not None
-        batch, running = self.new_batch(), []
+        batch, running, since = self.new_batch(), [], 0
         while not self._stopped:
             with self._lock:
-                joining = [self._waiting.popleft() for _ in range(min(len(self._waiting), self.max_size - len(running)))]
+                free = self.max_size - len(running)
+                # Newcomers join an empty batch, a batch they fill, or every ``join_every`` steps: each joining
+                # costs a prefill pass of its own, so they come in groups (text-generation-inference's
+                # max_waiting_tokens does the same).
+                take = min(len(self._waiting), free) if not running or len(self._waiting) >= free or \
+                    since + 1 >= self.join_every else 0
+                joining = [self._waiting.popleft() for _ in range(take)]
                 if not joining and not running:
                     self._busy = False
                     return
+            since = 0 if joining else since + 1
             self._depth()
             # A request whose caller went away while it waited (a closed connection) is not run.
             joining = [(item, fut) for item, fut in joining if not fut.done()]
