@@ -164,10 +164,15 @@ class KVCache:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` and drop the leading positions that are padding in all of them."""
         valid = self.valid[rows]
-        start = int(valid.any(0).long().argmax())  # the first position some kept row really has
+        start = first_used(valid)
         self.valid = valid[:, start:]
         for layer in self.layers:
             layer.k, layer.v = layer.k[rows, :, start:], layer.v[rows, :, start:]
+
+
+def first_used(mask: torch.Tensor) -> int:
+    """The first position of ``mask [B, S]`` that some row really has (the columns before it are all padding)."""
+    return int(mask.any(0).long().argmax())
 
 
 def pad_left(t: torch.Tensor, length: int, value: float | bool, dim: int = 1) -> torch.Tensor:
@@ -409,7 +414,7 @@ class Decoder:
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only ``rows`` (a request ended): the batch shrinks to the positions they still use."""
         mask = self.mask[rows]
-        start = int(mask.any(0).long().argmax())
+        start = first_used(mask)
         self.idx, self.mask, self.logits = self.idx[rows, start:], mask[:, start:], self.logits[rows]
         if self.cache is not None:
             self.cache.keep(rows)

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from lab.models.gpt import Decoder, sample_next
+from lab.models.gpt import Decoder, pad_left, sample_next
 
 
 @dataclass
@@ -99,11 +99,8 @@ def decoder_for(served: Any, rows: list[list[int]]) -> Any:
     """A Decoder over left-padded rows (a GPT module), or per-row window decoders (anything else)."""
     if served.module is not None:
         longest = max(map(len, rows))
-        idx = torch.zeros(len(rows), longest, dtype=torch.long)
-        mask = torch.zeros(len(rows), longest, dtype=torch.bool)
-        for i, r in enumerate(rows):
-            idx[i, longest - len(r):] = torch.tensor(r)
-            mask[i, longest - len(r):] = True
+        idx = torch.cat([pad_left(torch.tensor([r]), longest, 0) for r in rows])
+        mask = torch.cat([pad_left(torch.ones(1, len(r), dtype=torch.bool), longest, False) for r in rows])
         return Decoder(served.module, idx, mask)
     return RowDecoders(served.forward, rows, served.block_size)
 
