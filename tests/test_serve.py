@@ -23,7 +23,7 @@ from lab.models.gpt import GPT, GPTConfig
 from lab.serve import ServeConfig, scrape, start
 from lab.serve.batching import Batcher, OneShot
 from lab.serve.loaded import Served
-from lab.serve.predict import parse_sample
+from lab.serve.predict import answers, parse_sample
 
 TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
 KEY = "sekret"
@@ -353,6 +353,24 @@ def test_predict_reads_the_body_the_family_record_describes(ranker_family):
             assert c.post("/v1/completions", json={"model": "toy", "prompt": "x"}).status_code == 404
     finally:
         server.stop()
+
+
+def test_answers_of_a_batch_match_each_row_alone(ranker_family):
+    """One whole-batch top-k serves requests of different k (each its own row's top k, k past the items too)."""
+    torch.manual_seed(0)
+    scores = torch.randn(3, 6)
+    served = Served(name="toy", family=ranker_family, config=ScoresConfig(), forward=None, module=None,
+                    tokenizer=None, artifact="fp32")
+    got = answers(served, scores, [1, 3, 10])
+    for row, k, answer in zip(scores, [1, 3, 10], got):
+        top = torch.topk(row, min(k, 6))
+        assert answer["items"] == top.indices.tolist()
+        assert answer["scores"] == [round(v, 6) for v in top.values.tolist()]
+    served.family = family("cnn")
+    probs = torch.randn(2, 10)
+    got = answers(served, probs, [0, 0])
+    assert [a["label"] for a in got] == probs.argmax(-1).tolist()
+    assert got[1]["probabilities"] == [round(v, 6) for v in probs[1].softmax(-1).tolist()]
 
 
 def test_predict_numbers_of_the_example_shape_for_a_regressor():

@@ -13,6 +13,7 @@ rebuilds int8-dynamic, prune, prune-structured and distill), ONNX graphs through
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Callable
 
 import torch
@@ -50,6 +51,11 @@ class Served:
     @property
     def block_size(self) -> int | None:
         return getattr(self.config, "block_size", None)
+
+    @cached_property
+    def sample_shape(self) -> tuple[int, ...]:
+        """The shape of one sample the model takes (from the family's ``example``; made once, not per request)."""
+        return tuple(self.family.example(self.config, 1, torch.Generator().manual_seed(0))[0].shape[1:])
 
     @property
     def generates(self) -> bool:

@@ -29,11 +29,6 @@ class BadRequest(Exception):
         self.message, self.status, self.param = message, status, param
 
 
-def sample_shape(served: Any) -> tuple[int, ...]:
-    """The shape of one sample the model takes (from the family's ``example``)."""
-    return tuple(served.family.example(served.config, 1, torch.Generator().manual_seed(0))[0].shape[1:])
-
-
 def _numbers(value: Any, shape: tuple[int, ...], key: str) -> torch.Tensor:
     try:
         t = torch.tensor(value, dtype=torch.float32)
@@ -93,8 +88,8 @@ def parse_sample(served: Any, body: Any) -> torch.Tensor:
     value = body[spec.field]
     if spec.inputs == "numbers":
         if spec.png and isinstance(value, str) and served.pixels is not None:
-            return _png(value, sample_shape(served), spec.field, served.pixels)
-        return _numbers(value, sample_shape(served), spec.field)
+            return _png(value, served.sample_shape, spec.field, served.pixels)
+        return _numbers(value, served.sample_shape, spec.field)
     if spec.inputs == "text":
         if not isinstance(value, str) or not value:
             raise BadRequest(f"'{spec.field}' must be a non-empty string", param=spec.field)
@@ -130,14 +125,15 @@ def collate(served: Any, samples: list[torch.Tensor]) -> torch.Tensor:
 
 def answers(served: Any, outputs: torch.Tensor, ks: list[int]) -> list[dict[str, Any]]:
     """One JSON answer per row of ``outputs``, as the family's task reads them."""
+    # Whole-batch tensor calls and one ``tolist`` each, not a call per number: every torch call lets go of
+    # the GIL, and taking it back waits on the event loop's thread, which is busy with the clients.
     task = served.family.task
     if task == "classifier":
         probs = outputs.float().softmax(-1)
-        return [{"label": int(p.argmax()), "probabilities": [round(float(v), 6) for v in p]} for p in probs]
+        return [{"label": label, "probabilities": [round(v, 6) for v in row]}
+                for label, row in zip(probs.argmax(-1).tolist(), probs.tolist())]
     if task == "ranking":
-        out = []
-        for row, k in zip(outputs.float(), ks):
-            top = torch.topk(row, min(k, row.numel()))
-            out.append({"items": top.indices.tolist(), "scores": [round(float(v), 6) for v in top.values]})
-        return out
-    return [{"outputs": [float(v) for v in row.reshape(-1)]} for row in outputs.float()]
+        top = torch.topk(outputs.float(), min(max(ks), outputs.shape[-1]))  # the first k of the top max(k)
+        return [{"items": items[:k], "scores": [round(v, 6) for v in scores[:k]]}
+                for items, scores, k in zip(top.indices.tolist(), top.values.tolist(), ks)]
+    return [{"outputs": row} for row in outputs.float().reshape(len(outputs), -1).tolist()]
