@@ -186,19 +186,22 @@ def test_decoder_left_padding_decodes_each_row_as_if_alone():
 
 
 def test_decoder_rows_join_mid_run_and_leave_as_if_alone():
-    # Continuous batching: a row joins a batch that has decoded 6 steps, another leaves after 9, and the
-    # run goes past block_size (16), so the cropped window is recomputed with joined rows too.
+    # Continuous batching: a longer row joins a batch that has decoded 2 steps (its keys outnumber the
+    # batch's), a left-padded one joins after 6, the first leaves after 9, and the run goes past
+    # block_size (16), so the cropped window is recomputed with joined rows too.
     model = tiny_gpt().eval()
     prompts = [torch.tensor([[1, 2, 4]]), torch.tensor([[3, 5, 7, 9, 11, 2, 4]]), torch.tensor([[6]])]
     alone = [gpt_module.Decoder(model, p) for p in prompts]
     dec = gpt_module.Decoder(model, prompts[0])
     rows = [0]  # which prompt each row of dec is
     for step in range(24):
+        if step == 2:
+            dec.join(gpt_module.Decoder(model, prompts[1]))
+            rows += [1]
         if step == 6:
             dec.join(gpt_module.Decoder(model, torch.cat((torch.zeros(1, 6, dtype=torch.long), prompts[2]), 1),
                                         torch.tensor([[False] * 6 + [True]])))
-            dec.join(gpt_module.Decoder(model, prompts[1]))
-            rows += [2, 1]
+            rows += [2]
         if step == 9:
             dec.keep(torch.tensor([1, 2]))
             rows = rows[1:]
@@ -209,7 +212,7 @@ def test_decoder_rows_join_mid_run_and_leave_as_if_alone():
         dec.push(nxt)
         for row, p in enumerate(rows):
             alone[p].push(nxt[row:row + 1])
-    assert dec.idx.shape == (2, 7 + 18)  # the longest kept row's context, nothing more
+    assert dec.idx.shape == (2, 7 + 22)  # the longest kept row's context, nothing more
 
 
 def test_sample_next_top_p_keeps_the_nucleus_and_temperature_zero_is_argmax():
