@@ -328,7 +328,7 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
     cfg = ServeConfig(run=args.run, artifact=args.artifact, ckpt=args.ckpt, runs_dir=args.runs_dir, host=args.host,
                       port=args.port, workers=args.workers, api_key=args.api_key, model_name=args.model_name,
                       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
-                      max_streams=args.max_streams, threads=args.threads)
+                      max_streams=args.max_streams, threads=args.threads, access_log=args.access_log)
     check(cfg)  # options, the run, the artifact: one line and exit 2 before anything loads
     print(f"serving {args.run} ({args.artifact}) on http://{args.host}:{args.port} -- GET /health says when it is "
           "ready; Ctrl-C stops", flush=True)
@@ -516,6 +516,8 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--max-streams", "--max_streams", dest="max_streams", type=int, default=16,
                    help="completions in flight at once; more get 429 (default 16)")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: torch's)")
+    p.add_argument("--access-log", "--access_log", dest="access_log", action="store_true",
+                   help="print one line per request (default: off; errors are printed either way)")
     p = add("plan", "Estimate memory per device, FLOPs and time for training a config, and recommend a setup.",
             cmd_plan, overrides=True, runs_dir=False)
     p.add_argument("--config", default="gpt-nano", help="preset name or YAML path (any model the lab knows)")

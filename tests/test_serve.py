@@ -737,7 +737,8 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
     finally:
         proc.terminate()
-        proc.wait(timeout=30)
+        out, _ = proc.communicate(timeout=30)
+    assert "serving" in out and "POST /v1/completions" not in out  # no access log unless --access-log
 
 
 @pytest.mark.slow
@@ -760,7 +761,8 @@ def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
-                             "--port", str(port), "--workers", "2"], env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                             "--port", str(port), "--workers", "2", "--access-log"],
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         url = f"http://127.0.0.1:{port}"
@@ -785,3 +787,4 @@ def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
         proc.terminate()
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode is not None
+    assert out.count('"POST /predict HTTP/1.1" 200') == 6, out[-2000:]  # --access-log reaches every worker

@@ -60,11 +60,12 @@ def serve(cfg: ServeConfig) -> int:
     if cfg.workers > 1:  # each worker process loads its own model
         os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(cfg))
         uvicorn.run("lab.serve:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
-                    timeout_graceful_shutdown=5)
+                    timeout_graceful_shutdown=5, access_log=cfg.access_log)
         return 0
     from lab.serve.app import create_app
 
-    uvicorn.run(create_app(cfg, own_process=True), host=cfg.host, port=cfg.port, timeout_graceful_shutdown=5)
+    uvicorn.run(create_app(cfg, own_process=True), host=cfg.host, port=cfg.port, timeout_graceful_shutdown=5,
+                access_log=cfg.access_log)
     return 0
 
 
