@@ -8,6 +8,7 @@ its int8-dynamic artifact and ``lab serve``'s refusals end to end.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 
@@ -23,7 +24,7 @@ from lab.models.gpt import GPT, GPTConfig
 from lab.serve import ServeConfig, scrape, start
 from lab.serve.batching import Batcher, OneShot
 from lab.serve.loaded import Served
-from lab.serve.predict import answers, parse_sample
+from lab.serve.predict import BadRequest, answers, parse_sample
 
 TEXT = "hello world, the quick brown fox jumps over the lazy dog.\n"
 KEY = "sekret"
@@ -394,6 +395,23 @@ def test_predict_numbers_of_the_example_shape_for_a_regressor():
             assert r.status_code == 400
     finally:
         server.stop()
+
+
+def test_parse_sample_takes_numbers_of_the_sample_shape_and_refuses_the_rest():
+    from lab.models.mlp import MLPConfig
+
+    cfg = MLPConfig()
+    served = Served(name="mlp", family=family("mlp"), config=cfg, forward=None, module=None, tokenizer=None,
+                    artifact="fp32")
+    n = cfg.in_features
+    x = parse_sample(served, {"features": [float(i) for i in range(n)]})
+    assert x.dtype == torch.float32 and x.tolist() == [float(i) for i in range(n)]
+    for value, says in [(["1.5"] * n, "list of numbers"), ([[1.0, 2.0], [3.0]], "list of numbers"),
+                        ({"a": 1}, "list of numbers"), (None, "list of numbers"), ([1, "a"] * (n // 2), "numbers"),
+                        ([1.0] * (n + 1), f"give [{n}]"), ([[i] for i in range(n)], f"shape [{n}, 1]"),
+                        ([1e39] * n, "not a finite number")]:
+        with pytest.raises(BadRequest, match=re.escape(says)):
+            parse_sample(served, {"features": value})
 
 
 def test_a_server_in_its_own_process_keeps_what_it_loaded_out_of_full_gc_passes():

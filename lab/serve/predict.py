@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -30,16 +31,23 @@ class BadRequest(Exception):
 
 
 def _numbers(value: Any, shape: tuple[int, ...], key: str) -> torch.Tensor:
+    # NumPy, not torch.tensor, reads the JSON lists: it holds the GIL while it works (a torch call lets go of
+    # it and must then wait for the model's thread to hand it back), and it is ~2.5x faster at this size.
+    refused = BadRequest(f"'{key}' must be a (nested) list of numbers of shape {list(shape)}", param=key)
     try:
-        t = torch.tensor(value, dtype=torch.float32)
-    except (TypeError, ValueError, RuntimeError):
-        raise BadRequest(f"'{key}' must be a (nested) list of numbers of shape {list(shape)}", param=key) from None
-    if t.numel() != math.prod(shape) or (t.dim() > 1 and tuple(t.shape) != shape):
-        raise BadRequest(f"'{key}' has shape {list(t.shape)}: give {list(shape)} numbers "
+        a = np.asarray(value)
+    except ValueError:  # ragged lists
+        raise refused from None
+    if a.dtype.kind not in "biuf":  # strings (even "1.5"), objects, null
+        raise refused
+    if a.size != math.prod(shape) or (a.ndim > 1 and a.shape != shape):
+        raise BadRequest(f"'{key}' has shape {list(a.shape)}: give {list(shape)} numbers "
                          f"({math.prod(shape)} in a flat list also works)", param=key)
-    if not torch.isfinite(t).all():
+    with np.errstate(over="ignore"):  # past float32's range is inf, refused next
+        a = a.astype(np.float32)
+    if not np.isfinite(a).all():
         raise BadRequest(f"'{key}' holds a value that is not a finite number", param=key)
-    return t.reshape(shape)
+    return torch.from_numpy(a.reshape(shape))
 
 
 MAX_PNG_PIXELS = 4096 * 4096
@@ -52,7 +60,6 @@ def _png(value: str, shape: tuple[int, ...], key: str, pixels: tuple[float, floa
     import binascii
     import io
 
-    import numpy as np
     from PIL import Image, UnidentifiedImageError
 
     data = value.split(",", 1)[1] if value.startswith("data:") else value
