@@ -47,6 +47,15 @@ def test_char_unknown_character_is_named() -> None:
         tok.encode("abz")
 
 
+def test_char_encode_of_a_prompt_and_of_a_corpus_agree() -> None:
+    tok = CharTokenizer("abcdefgh ")
+    short, long = "bad cafe", "bad cafe " * 100  # dict lookups up to 256 characters, NumPy past them
+    assert tok.encode(short) == tok.encode_array(short).tolist() == [tok.chars.index(c) for c in short]
+    assert tok.encode(long) == [tok.chars.index(c) for c in long]
+    with pytest.raises(DataError, match="'z'"):
+        tok.encode(long + "z")
+
+
 def test_char_decode_out_of_range() -> None:
     tok = CharTokenizer("abc")
     with pytest.raises(DataError, match="outside"):

@@ -103,7 +103,10 @@ class CharTokenizer:
         return ids.astype(np.int64)
 
     def encode(self, text: str) -> list[int]:
-        return self.encode_array(text).tolist()
+        index = self._index
+        if len(text) <= 256 and all(c in index for c in text):  # a prompt: dict lookups beat NumPy's set-up
+            return [index[c] for c in text]
+        return self.encode_array(text).tolist()  # a corpus, or the DataError naming an unknown character
 
     def decode(self, ids: Sequence[int]) -> str:
         out = []
