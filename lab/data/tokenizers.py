@@ -103,10 +103,12 @@ class CharTokenizer:
         return ids.astype(np.int64)
 
     def encode(self, text: str) -> list[int]:
-        index = self._index
-        if len(text) <= 256 and all(c in index for c in text):  # a prompt: dict lookups beat NumPy's set-up
-            return [index[c] for c in text]
-        return self.encode_array(text).tolist()  # a corpus, or the DataError naming an unknown character
+        if len(text) <= 256:  # a prompt: dict lookups beat NumPy's set-up
+            try:
+                return [self._index[c] for c in text]
+            except KeyError:
+                pass  # encode_array names the unknown character
+        return self.encode_array(text).tolist()
 
     def decode(self, ids: Sequence[int]) -> str:
         out = []

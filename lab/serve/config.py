@@ -45,7 +45,7 @@ class ServeConfig:
     """Requests run together in one forward pass (prediction), or completions decoding at once (generation)."""
     max_wait_ms: float = 5.0
     """How long the first request of a batch waits for others (a running generation batch takes newcomers in
-    every 4th decoding step, or at once when they fill it)."""
+    every ``lab.serve.generation.JOIN_EVERY``-th decoding step, or at once when they fill it)."""
     max_prompt_tokens: int = 2048
     """Longest prompt accepted, in tokens (longer ones are cropped to block_size when run)."""
     max_tokens: int = 512

@@ -132,8 +132,8 @@ def collate(served: Any, samples: list[torch.Tensor]) -> torch.Tensor:
 
 def answers(served: Any, outputs: torch.Tensor, ks: list[int]) -> list[dict[str, Any]]:
     """One JSON answer per row of ``outputs``, as the family's task reads them."""
-    # Whole-batch tensor calls and one ``tolist`` each, not a call per number: every torch call lets go of
-    # the GIL, and taking it back waits on the event loop's thread, which is busy with the clients.
+    # Whole-batch tensor calls and one ``tolist`` each, not a torch call per number (each waits to take the
+    # GIL back from the busy event loop, as _numbers says).
     task = served.family.task
     if task == "classifier":
         probs = outputs.float().softmax(-1)
