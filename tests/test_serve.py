@@ -737,7 +737,7 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
+    proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", "last", "--runs_dir", str(tmp_path),
                              "--port", str(port), "--api-key", KEY], env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
@@ -756,7 +756,8 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=30)
-    assert "serving" in out and "POST /v1/completions" not in out  # no access log unless --access-log
+    assert f"serving {run.name} (fp32)" in out  # "last" named as the run it resolved to
+    assert "POST /v1/completions" not in out  # no access log unless --access-log
 
 
 @pytest.mark.slow
