@@ -23,6 +23,7 @@ from lab.families.record import ModelFamily, Servable
 from lab.models.gpt import GPT, GPTConfig
 from lab.serve import ServeConfig, scrape, start
 from lab.serve.batching import Batcher, OneShot
+from lab.serve.generation import Completion, _advance
 from lab.serve.loaded import Served
 from lab.serve.predict import BadRequest, answers, parse_sample
 
@@ -97,6 +98,63 @@ def test_a_model_without_a_kv_cache_generates_the_same_greedy_text():
         ids = torch.tensor([cached.tokenizer.encode(prompt)])
         alone = cached.module.generate(ids, 24, top_k=1)[0, ids.shape[1]:].tolist()
         assert text == cached.tokenizer.decode(alone)
+
+
+def feed(tokenizer, ids: list[int], stop: list[str] = ()) -> tuple[list[str], Completion]:
+    """Drive a row's text token by token, as DecodeBatch.step does; -> (the pieces emitted, the job)."""
+    pieces: list[str] = []
+    job = Completion([0], len(ids), 0.0, None, 1.0, 0, list(stop), lambda text, _: pieces.append(text))
+    for i in ids:
+        job.new_ids.append(i)
+        _advance(job, tokenizer.decode)
+        if job.finish:
+            break
+    return pieces, job
+
+
+def test_incremental_text_joins_to_the_whole_decode_and_never_splits_a_character():
+    import random
+
+    from lab.data.tokenizers import BPETokenizer
+
+    bpe = BPETokenizer.train("snow and ice and more snow, ok " * 50, 260)  # "☃" is 3 byte tokens here
+    text = "snow ☃ and é, ok ✓ ice"
+    ids = bpe.encode(text)
+    assert len(ids) > len(text) - 5  # the multi-byte characters really are split across tokens
+    pieces, job = feed(bpe, ids)
+    assert "".join(pieces) == job.text == text and job.finish == "length"
+    assert not any("\ufffd" in p for p in pieces)  # a half character is never sent
+    # Any tokens at all (bytes that never make a character too): the pieces join to the whole decode.
+    rng = random.Random(0)
+    for _ in range(20):
+        ids = [rng.randrange(bpe.vocab_size) for _ in range(rng.randrange(1, 40))]
+        pieces, job = feed(bpe, ids)
+        assert "".join(pieces) == job.text == bpe.decode(ids)
+    # A stop sequence of multi-byte characters ends the text before it, and none of it is sent.
+    pieces, job = feed(bpe, bpe.encode(text), stop=["☃ a"])
+    assert job.finish == "stop" and job.text == "".join(pieces) == "snow "
+    chars = CharTokenizer(text)
+    pieces, job = feed(chars, chars.encode(text), stop=["ok", "é,"])
+    assert job.text == "".join(pieces) == "snow ☃ and " and job.finish == "stop"
+
+
+def test_a_long_completion_decodes_each_token_a_bounded_number_of_times():
+    # Decoding all of a row's tokens at every step made a long completion quadratic (500 tokens: 125,000
+    # decoded); incrementally each step decodes the newest tokens and the piece before them.
+    chars = CharTokenizer("abcdefgh")
+    decoded = 0
+
+    class Counting:
+        @staticmethod
+        def decode(ids):
+            nonlocal decoded
+            decoded += len(ids)
+            return chars.decode(ids)
+
+    ids = [i % 8 for i in range(500)]
+    pieces, job = feed(Counting, ids)
+    assert job.text == chars.decode(ids) and len(pieces) == 500
+    assert decoded <= 3 * len(ids)
 
 
 def test_stream_ends_with_done_and_seed_makes_samples_reproducible(lm_server):

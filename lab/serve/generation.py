@@ -13,8 +13,14 @@ seeded generator. A row ends at ``max_tokens``, at a stop sequence, or when its 
 cache: each row recomputes its window of the last ``block_size`` tokens at every step.
 ``lab.serve.batching.Batcher`` feeds the server's requests into a ``DecodeBatch``.
 
-Text is decoded from all of a row's new tokens at once (a BPE token may be half a character) and held
-back while it could still be the start of a stop sequence, so no stop text ever reaches the client.
+Text is decoded incrementally, as vLLM's ``detokenize_incrementally`` does: each step decodes the tokens
+since the last complete piece, with the piece before them as context, and waits while the text ends in
+half a character (a BPE token may be one byte of several). So a step costs the same at token 500 as at
+token 5, and the pieces join to what decoding all tokens at once gives. (Decoding all of a row's tokens
+at every step made a long completion quadratic: at 512 tokens 44 us per row and step with the character
+tokenizer, 79 us with a BPE one; 32 greedy 500-token completions of gpt-nano's shape with a 512 block
+took 5.2-5.7 s that way against 4.6-4.9 s, alternated, on an Intel Xeon, 1 thread.) Text is held back while it could still be the start of a stop sequence, so no stop text ever
+reaches the client.
 """
 
 from __future__ import annotations
@@ -62,6 +68,10 @@ class Completion:
     """Characters of ``text`` already emitted."""
     new_ids: list[int] = field(default_factory=list)
     finish: str | None = None
+    prefix: int = 0
+    """``new_ids[prefix:read]`` decode to the last piece added to ``text``: the context the next decode starts from."""
+    read: int = 0
+    """``new_ids[:read]`` are in ``text``."""
 
 
 class WindowDecoder:
@@ -111,25 +121,26 @@ def decoder_for(served: Any, rows: list[list[int]]) -> Any:
 
 
 def _advance(job: Completion, decode: Callable[[list[int]], str]) -> None:
-    """Decode the row's new tokens, end it at a stop sequence, emit what can no longer turn into one."""
-    text = decode(job.new_ids)
-    hits = [i for i in (text.find(s) for s in job.stop) if i >= 0]
-    if hits:
-        job.text, job.finish = text[:min(hits)], "stop"
-    else:
-        job.text = text
-        if len(job.new_ids) >= job.max_tokens:
-            job.finish = "length"
+    """Add the row's newest token to its text, end it at a stop sequence, emit what can no longer turn into one."""
+    ids, last = job.new_ids, len(job.new_ids) >= job.max_tokens
+    before, now = decode(ids[job.prefix:job.read]), decode(ids[job.prefix:])
+    # A text ending in U+FFFD holds half a character: wait for the token(s) with the rest (unless it is the last).
+    if len(now) > len(before) and (last or not now.endswith("\ufffd")):
+        start = max(0, len(job.text) - max((len(s) for s in job.stop), default=1) + 1)
+        job.text += now[len(before):]
+        job.prefix, job.read = job.read, len(ids)
+        hits = [i for i in (job.text.find(s, start) for s in job.stop) if i >= 0]  # only the new text can hold one
+        if hits:
+            job.text, job.finish = job.text[:min(hits)], "stop"
+    if job.finish is None and last:
+        job.finish = "length"
     safe = len(job.text)
     if job.finish is None:
-        # Hold back a tail that could begin a stop sequence, and a half-decoded character (U+FFFD).
-        for s in job.stop:
+        for s in job.stop:  # hold back a tail that could begin a stop sequence
             for n in range(min(len(s) - 1, len(job.text)), 0, -1):
                 if job.text.endswith(s[:n]):
                     safe = min(safe, len(job.text) - n)
                     break
-        while safe > job.sent and job.text[safe - 1] == "\ufffd":
-            safe -= 1
     if safe > job.sent:
         job.emit(job.text[job.sent:safe], None)
         job.sent = safe
