@@ -232,7 +232,7 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any], args: 
 
     In this process, on the server's code path without HTTP: ``run_completions`` for a completion (prefill
     and every decoding step), ``collate`` + forward + ``answers`` for a prediction; alternated, median of
-    ``--floor-repeats``. Their ratio is what batching can give at best: a wave of 32 requests cannot come
+    ``--alone-repeats``. Their ratio is what batching can give at best: a wave of 32 requests cannot come
     back sooner than the model takes for them together, whatever the server does around it.
     """
     from lab.serve.config import ServeConfig
@@ -242,9 +242,10 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any], args: 
 
     served = load(ServeConfig(run=run, runs_dir=root, artifact=artifact, threads=args.threads))
 
+    ids = served.tokenizer.encode(body["prompt"]) if served.generates else []
+
     def work(n: int) -> None:
         if served.generates:
-            ids = served.tokenizer.encode(body["prompt"])
             run_completions(served, [Completion(ids, body["max_tokens"], 0.0, None, 1.0, 0, [], lambda *_: None)
                                      for _ in range(n)])
         else:
@@ -255,7 +256,7 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any], args: 
     times: dict[int, list[float]] = {1: [], 32: []}
     for n in times:  # warm-up
         work(n)
-    for _ in range(args.floor_repeats):
+    for _ in range(args.alone_repeats):
         for n, t in times.items():
             start = time.perf_counter()
             work(n)
@@ -501,7 +502,7 @@ def main() -> int:
     p.add_argument("--max-batch-size", type=int, default=32, help="the batched server's --max-batch-size")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="every server's --max-wait-ms")
     p.add_argument("--artifacts", default="fp32,int8-dynamic", help="comma list of artifacts to serve")
-    p.add_argument("--floor-repeats", type=int, default=20,
+    p.add_argument("--alone-repeats", type=int, default=20,
                    help="alternated runs of the model alone (1 request, 32 together) per model and artifact")
     p.add_argument("--kv-tokens", type=int, default=128)
     p.add_argument("--kv-repeats", type=int, default=3)

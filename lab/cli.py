@@ -23,7 +23,6 @@ Ctrl-C exits with 130 after marking the run ``interrupted``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import shlex
 import sys
@@ -324,19 +323,13 @@ def cmd_dashboard(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
-    from lab.serve import ServeConfig, check, serve
+    from lab.serve import ServeConfig, serve
 
     cfg = ServeConfig(run=args.run, artifact=args.artifact, ckpt=args.ckpt, runs_dir=args.runs_dir, host=args.host,
                       port=args.port, workers=args.workers, api_key=args.api_key, model_name=args.model_name,
                       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
                       max_streams=args.max_streams, threads=args.threads, access_log=args.access_log)
-    run = check(cfg)  # options, the run, the artifact: one line and exit 2 before anything loads
-    # "last" or a bare id becomes the run it names now: the banner says which, and a run that finishes
-    # while the model loads does not change what is served.
-    cfg = dataclasses.replace(cfg, run=run.name)
-    print(f"serving {run.name} ({args.artifact}) on http://{args.host}:{args.port} -- GET /health says when it is "
-          "ready; Ctrl-C stops", flush=True)
-    return serve(cfg)
+    return serve(cfg)  # checks the options, the run, the artifact first: one line and exit 2 before anything loads
 
 
 def cmd_plan(args: argparse.Namespace, overrides: list[str]) -> int:

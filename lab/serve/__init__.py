@@ -56,7 +56,9 @@ def serve(cfg: ServeConfig) -> int:
     """Run the server until Ctrl-C (the CLI's ``lab serve``); -> exit code."""
     import uvicorn
 
-    check(cfg)
+    cfg = check(cfg)
+    print(f"serving {cfg.run} ({cfg.artifact}) on http://{cfg.host}:{cfg.port} -- GET /health says when it is "
+          "ready; Ctrl-C stops", flush=True)
     if cfg.workers > 1:  # each worker process loads its own model
         os.environ[CONFIG_ENV] = json.dumps(dataclasses.asdict(cfg))
         uvicorn.run("lab.serve:app_from_env", factory=True, host=cfg.host, port=cfg.port, workers=cfg.workers,
@@ -69,8 +71,12 @@ def serve(cfg: ServeConfig) -> int:
     return 0
 
 
-def check(cfg: ServeConfig) -> Any:
-    """Refuse, before a server starts, bad options, a run that does not exist or an artifact not made yet; -> the Run."""
+def check(cfg: ServeConfig) -> ServeConfig:
+    """Refuse, before a server starts, bad options, a run that does not exist or an artifact not made yet.
+
+    -> ``cfg`` with ``run`` as the ``<experiment>/<run_id>`` it names now: "last" or a bare id is resolved
+    once, so a run that finishes while the model loads does not change what is served (in any worker).
+    """
     from lab.compress.artifacts import artifact_file
     from lab.runs import resolve_run
     from lab.serve.loaded import ONNX_FILES
@@ -79,7 +85,7 @@ def check(cfg: ServeConfig) -> Any:
     run = resolve_run(cfg.run, cfg.runs_dir)
     if cfg.artifact != "fp32":
         artifact_file(run, cfg.artifact, ONNX_FILES.get(cfg.artifact, "report.json"))
-    return run
+    return dataclasses.replace(cfg, run=run.name)
 
 
 @dataclass
@@ -121,7 +127,7 @@ def start(cfg: ServeConfig, served: Any = None, timeout: float = 60.0) -> Runnin
     from lab.serve.app import create_app
 
     if served is None:
-        check(cfg)
+        cfg = check(cfg)
     else:
         cfg.validate()
     app = create_app(cfg, served)

@@ -19,8 +19,8 @@ half a character (a BPE token may be one byte of several). So a step costs the s
 token 5, and the pieces join to what decoding all tokens at once gives. (Decoding all of a row's tokens
 at every step made a long completion quadratic: at 512 tokens 44 us per row and step with the character
 tokenizer, 79 us with a BPE one; 32 greedy 500-token completions of gpt-nano's shape with a 512 block
-took 5.2-5.7 s that way against 4.6-4.9 s, alternated, on an Intel Xeon, 1 thread.) Text is held back while it could still be the start of a stop sequence, so no stop text ever
-reaches the client.
+took 5.2-5.7 s that way against 4.6-4.9 s, alternated, on an Intel Xeon, 1 thread.) Text is held back
+while it could still be the start of a stop sequence, so no stop text ever reaches the client.
 """
 
 from __future__ import annotations
