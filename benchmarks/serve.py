@@ -26,11 +26,13 @@ p99 with 1 thread; digits c1 p99 7 ms against 18 ms).
    digits: ``POST /predict`` with one 8x8 image; gpt-nano: ``POST /v1/completions`` (not streamed,
    greedy, ``--tokens`` new tokens, default 16). The mean batch size comes from the server's /metrics.
    Goal: batched at concurrency 32 >= 3x the requests/s of one-at-a-time, with p99 <= 2x the
-   unbatched p99 at concurrency 1. Before each pair's servers start, the model alone (this process, the
-   server's code path without HTTP) is timed for 1 request and for 32 together: a batched wave of 32
-   cannot come back sooner than that, so their ratio bounds the p99 ratio from below, and Little's law
-   says what the p99 goal asks (32 clients each answered within 2x the c1 p99 = at least 16 / c1 p99
-   req/s). "One-at-a-time" is the unbatched server at the *same*
+   unbatched p99 at concurrency 1. A second table sets what the p99 goal asks of a wave of 32 (answered
+   within 2x the c1 p99; by Little's law at least 16 / c1 p99 req/s) against two floors measured here:
+   the model alone (this process, the server's code path without HTTP, timed for 1 request and for 32
+   together before each pair's servers start, with ``--threads`` and with every core: the faster one),
+   and the CPU the batched c32 cell spent per request, server and clients (psutil, ``time.process_time``),
+   times 32 spread over every core. A wave of 32 cannot come back sooner than either, however the server
+   schedules it. "One-at-a-time" is the unbatched server at the *same*
    concurrency 32: the same offered load, only batching differs (unbatched at concurrency 32 also
    overlaps HTTP work with the model, so it serves at least as many requests/s as at concurrency 1,
    and the ratio against it is the stricter one; the ratio against concurrency 1 is printed too).
@@ -87,6 +89,7 @@ KV_GOAL = 2.0
 RSS_GOAL = 0.10
 CONCURRENCY = (1, 8, 32)
 PROMPT = "def "
+CORES = os.cpu_count() or 1
 
 
 
@@ -192,8 +195,11 @@ class Server:
 
 
 async def closed_loop(url: str, path: str, body: dict[str, Any], concurrency: int, seconds: float,
-                      warmup: float) -> dict[str, Any]:
+                      warmup: float, server: psutil.Process | None = None) -> dict[str, Any]:
     """``concurrency`` clients, each sending its next request when answered; counts what completes in the window.
+
+    With ``server``, also the CPU time the server process and this one (the clients) spent in the window,
+    per request completed in it (``cpu ms``): the work each request costs the machine, wherever it runs.
 
     The clients are aiohttp's: httpx's connection pool took a whole core at concurrency 32 (0.98 cores for
     ~260 req/s against a digits server that answers ~600 req/s to aiohttp's clients using 0.24 cores), so
@@ -222,18 +228,35 @@ async def closed_loop(url: str, path: str, body: dict[str, Any], concurrency: in
                     else:
                         lat.append(e_ - s)
 
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        async def cpu_in_window() -> dict[str, float]:
+            def now() -> tuple[float, float]:
+                if server is None:
+                    return float("nan"), time.process_time()
+                # the server's workers too, when --workers starts them as child processes
+                times = [server.cpu_times()] + [c.cpu_times() for c in server.children(recursive=True)]
+                return sum(t.user + t.system for t in times), time.process_time()
+
+            await asyncio.sleep(max(0.0, begin - time.perf_counter()))
+            s0, c0 = now()
+            await asyncio.sleep(max(0.0, end - time.perf_counter()))
+            s1, c1 = now()
+            return {"server": (s1 - s0) * 1e3, "clients": (c1 - c0) * 1e3}
+
+        *_, cpu = await asyncio.gather(*(worker() for _ in range(concurrency)), cpu_in_window())
+    n = max(len(lat), 1)
     return {"rps": len(lat) / seconds, "p50": pct(lat, 0.5) * 1e3, "p99": pct(lat, 0.99) * 1e3, "n": len(lat),
-            "errors": dict(errors)}
+            "errors": dict(errors), "cpu ms": {k: v / n for k, v in cpu.items()}}
 
 
-def model_alone(run: str, root: str, artifact: str, body: dict[str, Any], args: argparse.Namespace) -> dict[int, float]:
+def model_alone(run: str, root: str, artifact: str, body: dict[str, Any],
+                args: argparse.Namespace) -> dict[tuple[int, int], float]:
     """Milliseconds the served model itself takes for one request's work alone and for 32 requests' together.
 
     In this process, on the server's code path without HTTP: ``run_completions`` for a completion (prefill
     and every decoding step), ``collate`` + forward + ``answers`` for a prediction; alternated, median of
-    ``--alone-repeats``. Their ratio is what batching can give at best: a wave of 32 requests cannot come
-    back sooner than the model takes for them together, whatever the server does around it.
+    ``--alone-repeats``; keyed ``(torch threads, requests)``, with the servers' ``--threads`` and with every
+    core. Their ratio is what batching can give at best: a wave of 32 requests cannot come back sooner than
+    the model takes for them together, whatever the server does around it, even with the whole machine.
     """
     from lab.serve.config import ServeConfig
     from lab.serve.generation import Completion, run_completions
@@ -253,15 +276,19 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any], args: 
                 x = parse_sample(served, body)
                 answers(served, served.forward(collate(served, [x] * n)), [0] * n)
 
-    times: dict[int, list[float]] = {1: [], 32: []}
-    for n in times:  # warm-up
-        work(n)
-    for _ in range(args.alone_repeats):
-        for n, t in times.items():
-            start = time.perf_counter()
-            work(n)
-            t.append((time.perf_counter() - start) * 1e3)
-    return {n: statistics.median(t) for n, t in times.items()}
+    times: dict[tuple[int, int], list[float]] = {(t, n): [] for t in sorted({args.threads, CORES}) for n in (1, 32)}
+    try:
+        for _ in range(1 + args.alone_repeats):  # the first round warms up
+            for threads in sorted({args.threads, CORES}):
+                torch.set_num_threads(threads)
+                work(1)  # untimed: the first operations after a change of threads start the thread pool
+                for n in (1, 32):
+                    start = time.perf_counter()
+                    work(n)
+                    times[(threads, n)].append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(args.threads)
+    return {key: statistics.median(t[1:]) for key, t in times.items()}
 
 
 def batch_mean(before: dict[str, float], after: dict[str, float], kind: str) -> float:
@@ -272,8 +299,12 @@ def batch_mean(before: dict[str, float], after: dict[str, float], kind: str) -> 
     return s / n if n else float("nan")
 
 
-def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tuple[list, list, dict]:
-    rows, goals, figures = [], [], {}
+def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tuple[list, list, list, dict]:
+    """(the load table, the p99 bounds table, goals, figures)."""
+    rows: list[dict[str, Any]] = []
+    bounds: list[dict[str, Any]] = []
+    goals: list[tuple[str, str, str]] = []
+    figures: dict[str, Any] = {}
     image = [float((i * 7) % 17) for i in range(64)]  # one 8x8 image, flat (the server reshapes it)
     models = [("digits-cnn", digits, "/predict", "predict", lambda name: {"image": image}),
               ("gpt-nano", gpt, "/v1/completions", "generate",
@@ -281,8 +312,10 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
     for label, run, path, kind, make_body in models:
         for artifact in args.artifacts:
             alone = model_alone(run, root, artifact, make_body(run), args)
-            print(f"  {label} {artifact} model alone: 1 request {alone[1]:.2f} ms, 32 together {alone[32]:.2f} ms "
-                  f"= {alone[32] / alone[1]:.2f}x", flush=True)
+            threads = sorted({t for t, _ in alone})
+            print(f"  {label} {artifact} model alone: " + "; ".join(
+                f"{t} thread(s): 1 request {alone[(t, 1)]:.2f} ms, 32 together {alone[(t, 32)]:.2f} ms = "
+                f"{alone[(t, 32)] / alone[(t, 1)]:.2f}x" for t in threads), flush=True)
             servers = {"unbatched": Server(run, root, artifact, 1, args),
                        "batched": Server(run, root, artifact, args.max_batch_size, args)}
             try:
@@ -292,7 +325,8 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
                 for c in CONCURRENCY:
                     for mode, s in servers.items():
                         before = s.metrics()
-                        r = asyncio.run(closed_loop(s.url, path, make_body(s.name), c, args.seconds, args.warmup))
+                        r = asyncio.run(closed_loop(s.url, path, make_body(s.name), c, args.seconds, args.warmup,
+                                                    psutil.Process(s.proc.pid)))
                         r["batch"] = batch_mean(before, s.metrics(), kind)
                         cell[(mode, c)] = r
                         print(f"  {label} {artifact} {mode} c={c}: {r['rps']:.1f} req/s, p50 {r['p50']:.1f} ms, "
@@ -316,12 +350,24 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
                                       "unbatched c32)", status(x32 >= BATCH_GOAL)))
             # Little's law: 32 clients that each wait p99-at-most for an answer are served >= 32 / p99 req/s.
             need = 32 / (P99_GOAL * u1["p99"] / 1e3)
+            # Two floors under a wave of 32: the model alone (the faster thread count), and the CPU the wave's
+            # requests cost the server and the clients, spread perfectly over every core.
+            cpu = sum(b32["cpu ms"].values())
+            bound = {"model": label, "artifact": artifact, "c1 p99 ms": u1["p99"], "goal ms": P99_GOAL * u1["p99"],
+                     "c32 p99 ms": b32["p99"], "need req/s": need, "served req/s": b32["rps"],
+                     "alone 32 ms": min(alone[(t, 32)] for t in threads),
+                     "alone x": min(alone[(t, 32)] / alone[(t, 1)] for t in threads),
+                     "server cpu/req ms": b32["cpu ms"]["server"], "clients cpu/req ms": b32["cpu ms"]["clients"],
+                     "cpu floor ms": 32 * cpu / CORES}
+            bounds.append(bound)
             goals.append(("batching", f"{where}: batched c32 p99 {b32['p99']:.1f} ms = {p:.2f}x unbatched c1 p99 "
                                       f"({u1['p99']:.1f} ms) (goal <= 2x: needs >= {need:.0f} req/s at c32, served "
-                                      f"{b32['rps']:.0f}; the model alone takes {alone[32] / alone[1]:.2f}x as long "
-                                      "for 32 requests together as for 1)", status(p <= P99_GOAL)))
+                                      f"{b32['rps']:.0f}; floors of a wave of 32: the model alone "
+                                      f"{bound['alone 32 ms']:.1f} ms, its CPU on {CORES} cores "
+                                      f"{bound['cpu floor ms']:.1f} ms, against {bound['goal ms']:.1f} ms)",
+                          status(p <= P99_GOAL)))
             figures[where] = {f"{m} c{c}": v for (m, c), v in cell.items()}
-            figures[where]["model alone ms"] = alone
+            figures[where]["model alone ms"] = {f"{t} threads, {n} requests": v for (t, n), v in alone.items()}
     # int8 against fp32, same server kind and concurrency
     if "fp32" in args.artifacts and "int8-dynamic" in args.artifacts:
         by = {(r["model"], r["artifact"], r["server"], r["conc"]): r for r in rows}
@@ -331,7 +377,7 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
                 r["x fp32"] = div(r["req/s"], f["req/s"])
         for r in rows:
             r.setdefault("x fp32", 1.0 if r["artifact"] == "fp32" else float("nan"))
-    return rows, goals, figures
+    return rows, bounds, goals, figures
 
 
 # --------------------------------------------------------------------------- KV cache
@@ -530,9 +576,12 @@ def main() -> int:
             print(f"\nbatching: {args.seconds:.0f}s per cell after {args.warmup:.0f}s; batched = --max-batch-size "
                   f"{args.max_batch_size} --max-wait-ms {args.max_wait_ms:g}, unbatched = --max-batch-size 1; "
                   f"gpt-nano: {args.tokens} new tokens, greedy, not streamed", flush=True)
-            rows, g, figures["batching"] = batching(args, gpt, digits, root)
+            rows, bounds, g, figures["batching"] = batching(args, gpt, digits, root)
             print()
             print(table(rows))
+            print(f"\nwhat the p99 goal asks of a wave of 32 (at most 'goal ms'), against its floors on {CORES} cores:")
+            print(table(bounds))
+            figures["batching"]["bounds"] = bounds
             goals += g
         if "soak" in only:
             rows, g, figures["soak"] = soak(args, gpt, root)
