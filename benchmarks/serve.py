@@ -194,12 +194,17 @@ class Server:
 # --------------------------------------------------------------------------- load
 
 
+def cpu_seconds(proc: psutil.Process) -> float:
+    """User + system CPU seconds of ``proc`` and its children (a server's ``--workers`` are child processes)."""
+    return sum(t.user + t.system for t in [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))])
+
+
 async def closed_loop(url: str, path: str, body: dict[str, Any], concurrency: int, seconds: float,
-                      warmup: float, server: psutil.Process | None = None) -> dict[str, Any]:
+                      warmup: float, server: psutil.Process) -> dict[str, Any]:
     """``concurrency`` clients, each sending its next request when answered; counts what completes in the window.
 
-    With ``server``, also the CPU time the server process and this one (the clients) spent in the window,
-    per request completed in it (``cpu ms``): the work each request costs the machine, wherever it runs.
+    Also the CPU time the ``server`` process and this one (the clients) spent in the window, per request
+    completed in it (``cpu ms``): the work each request costs the machine, wherever it runs.
 
     The clients are aiohttp's: httpx's connection pool took a whole core at concurrency 32 (0.98 cores for
     ~260 req/s against a digits server that answers ~600 req/s to aiohttp's clients using 0.24 cores), so
@@ -229,18 +234,10 @@ async def closed_loop(url: str, path: str, body: dict[str, Any], concurrency: in
                         lat.append(e_ - s)
 
         async def cpu_in_window() -> dict[str, float]:
-            def now() -> tuple[float, float]:
-                if server is None:
-                    return float("nan"), time.process_time()
-                # the server's workers too, when --workers starts them as child processes
-                times = [server.cpu_times()] + [c.cpu_times() for c in server.children(recursive=True)]
-                return sum(t.user + t.system for t in times), time.process_time()
-
             await asyncio.sleep(max(0.0, begin - time.perf_counter()))
-            s0, c0 = now()
+            s0, c0 = cpu_seconds(server), time.process_time()
             await asyncio.sleep(max(0.0, end - time.perf_counter()))
-            s1, c1 = now()
-            return {"server": (s1 - s0) * 1e3, "clients": (c1 - c0) * 1e3}
+            return {"server": (cpu_seconds(server) - s0) * 1e3, "clients": (time.process_time() - c0) * 1e3}
 
         *_, cpu = await asyncio.gather(*(worker() for _ in range(concurrency)), cpu_in_window())
     n = max(len(lat), 1)
@@ -276,10 +273,11 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any],
                 x = parse_sample(served, body)
                 answers(served, served.forward(collate(served, [x] * n)), [0] * n)
 
-    times: dict[tuple[int, int], list[float]] = {(t, n): [] for t in sorted({args.threads, CORES}) for n in (1, 32)}
+    counts = sorted({args.threads, CORES})
+    times: dict[tuple[int, int], list[float]] = {(t, n): [] for t in counts for n in (1, 32)}
     try:
         for _ in range(1 + args.alone_repeats):  # the first round warms up
-            for threads in sorted({args.threads, CORES}):
+            for threads in counts:
                 torch.set_num_threads(threads)
                 work(1)  # untimed: the first operations after a change of threads start the thread pool
                 for n in (1, 32):
