@@ -10,6 +10,7 @@
 - ``ResumeState`` keeps RNG states and the sampler position in every checkpoint.
 - ``FiniteLossGuard`` stops a run at the first NaN/inf loss, before the weights change.
 - ``SaveOnInterrupt`` writes ``last.ckpt`` on Ctrl-C or SIGTERM at the end of the current batch.
+- ``progress_bar()`` is Lightning's own bar, without a negative epoch total in step-bounded runs.
 """
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.utilities.imports import _RICH_AVAILABLE
 from torch.multiprocessing import ProcessRaisedException
 
 from lab.errors import LabError
@@ -325,3 +327,22 @@ class SaveOnInterrupt(L.Callback):
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
         self._restore()
+
+
+class _RichBar(RichProgressBar):
+    """Lightning's rich bar, reading "Epoch 3" where a run bounded by steps has no epoch total.
+
+    Such a run has ``max_epochs`` -1, and Lightning 2.6's bar printed "Epoch 0/-2" (its max_epochs - 1;
+    upstream Lightning-AI/pytorch-lightning#21925).
+    """
+
+    def _get_train_description(self, current_epoch: int) -> str:
+        if (self.trainer.max_epochs or 0) >= 0:
+            return super()._get_train_description(current_epoch)
+        # padded to the validation bar's label as Lightning pads it, so the bar does not jump
+        return f"{f'Epoch {current_epoch}':{len(self.validation_description)}}"
+
+
+def progress_bar() -> ProgressBar:
+    """The bar Lightning would pick by itself (rich when installed, else tqdm), with the fix above."""
+    return _RichBar() if _RICH_AVAILABLE else TQDMProgressBar()

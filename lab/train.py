@@ -35,12 +35,13 @@ from typing import Any, Iterable
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, ProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from lab import env, failures, hub, preflight, procs, runs, strategies
-from lab.callbacks import FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput
+from lab.callbacks import (FiniteLossGuard, ResumeState, SaveOnInterrupt, StepCheckpoint, StopRequested, Throughput,
+                           progress_bar)
 from lab.checkpoints import AtomicCheckpointIO, load_checkpoint, newest_intact
 from lab.config import Config, flatten, from_dict, validate
 from lab.errors import LabError, RunInterrupted
@@ -91,6 +92,8 @@ def build_trainer(cfg: Config, run: runs.Run, callbacks: Iterable[L.Callback] = 
                              SaveOnInterrupt(run.checkpoint("last"), stop), StepCheckpoint(run.checkpoints_dir,
                                                                                      t.checkpoint_every_n_steps or 0),
                              *callbacks]
+    if progress and not any(isinstance(c, ProgressBar) for c in cbs):
+        cbs.append(progress_bar())
     if t.early_stopping_patience:
         cbs.append(EarlyStopping(monitor="val/loss", mode="min", patience=t.early_stopping_patience))
     return L.Trainer(
