@@ -21,16 +21,16 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from lab.errors import LabError
+from lab.ports import LOOPBACK, check_listen
 from lab.runs import runs_root
 
 APP = Path(__file__).resolve().parents[1] / "dashboard" / "app.py"
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8501
+DEFAULT_HOST, DEFAULT_PORT = LOOPBACK, 8501
 ROOT_ENV = "LAB_RUNS_DIR"
 
 
@@ -42,18 +42,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _check_port_free(host: str, port: int) -> None:
-    """Refuse a port already taken now, in one line, rather than after Streamlit has started."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
-        try:
-            s.bind((host, port))
-        except OSError as e:
-            raise LabError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port, or "
-                           "--host with an address of this machine") from None
 
 
 def command(runs_dir: str | Path | None = None, host: str = DEFAULT_HOST,
@@ -81,7 +69,7 @@ def command(runs_dir: str | Path | None = None, host: str = DEFAULT_HOST,
 def serve(runs_dir: str | Path | None = None, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> int:
     """Check the settings, say where the dashboard is, then become the Streamlit server (exec)."""
     argv, env = command(runs_dir, host, port)
-    _check_port_free(host, port)
+    check_listen(host, port)
     shown = f"[{host}]" if ":" in host else host
     print(f"dashboard: http://{shown}:{port} (runs: {env[ROOT_ENV]}; Ctrl-C stops it)", flush=True)
     if not is_loopback(host):

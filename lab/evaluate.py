@@ -64,6 +64,16 @@ def checkpoint_path(run: runs.Run, ckpt: str) -> Path:
     return run.checkpoint(ckpt) if ckpt in ("best", "last") else Path(ckpt)
 
 
+def existing_checkpoint(run: runs.Run, ckpt: str) -> Path:
+    """``checkpoint_path``, refusing one that is not there in one line that lists the run's checkpoints."""
+    path = checkpoint_path(run, ckpt)
+    if not path.is_file():
+        have = sorted(p.name for p in run.checkpoints_dir.glob("*.ckpt")) if run.checkpoints_dir.is_dir() else []
+        raise LabError(f"no checkpoint {path}: the run has {have or 'no checkpoints'}; use one of them "
+                       "(--ckpt best, last or a path)")
+    return path
+
+
 def checkpoint_label(ckpt: str) -> str:
     """``best``/``last``, or a checkpoint path's stem made safe for a file name."""
     if ckpt in ("best", "last"):
@@ -81,11 +91,7 @@ def load_checked(run: runs.Run, ckpt: str = "best") -> Any:
     from lab.checkpoints import load_module
 
     run_config(run)
-    path = checkpoint_path(run, ckpt)
-    if not path.is_file():
-        have = sorted(p.name for p in run.checkpoints_dir.glob("*.ckpt")) if run.checkpoints_dir.is_dir() else []
-        raise LabError(f"no checkpoint {path}: the run has {have or 'no checkpoints'}; use one of them "
-                       "(--ckpt best, last or a path)")
+    path = existing_checkpoint(run, ckpt)
     try:
         return load_module(run, ckpt)
     except LabError:

@@ -356,6 +356,22 @@ CASES += [
     ("data speech --generate --takes 0", "takes"),
     ("data speech --generate --out {files}/a_file", "a_file"),
     ("data recipes", "recipes"),
+    # serve (issue 24): the options, the address, the run, its checkpoint and the artifact, before anything loads
+    ("serve {gpt} --artifact onnx-int9 --runs_dir {root}", "--artifact onnx-int9"),
+    ("serve {gpt} --artifact int8-static --runs_dir {root}", "--artifact int8-static"),  # fixed shapes: not servable
+    ("serve {gpt} --artifact int8-dynamic --runs_dir {root}", "no int8-dynamic artifact"),
+    ("serve {gpt} --port 70000 --runs_dir {root}", "--port 70000"),
+    ("serve {gpt} --port http --runs_dir {root}", "--port"),
+    ("serve {gpt} --host 999.1.1.1 --runs_dir {root}", "--host 999.1.1.1"),
+    ("serve {gpt} --host 203.0.113.9 --runs_dir {root}", "cannot listen on 203.0.113.9"),  # not this machine's
+    ("serve {gpt} --workers 0 --runs_dir {root}", "--workers 0"),
+    ("serve {gpt} --max-batch-size 0 --runs_dir {root}", "--max-batch-size 0"),
+    ("serve {gpt} --max-wait-ms -1 --runs_dir {root}", "--max-wait-ms"),
+    ("serve {gpt} --max-tokens 0 --runs_dir {root}", "--max-tokens 0"),
+    ("serve {gpt} --max-streams 0 --runs_dir {root}", "--max-streams 0"),
+    ("serve {gpt} --threads 0 --runs_dir {root}", "--threads 0"),
+    ("serve {gpt} --ckpt {files}/missing.ckpt --runs_dir {root}", "no checkpoint"),
+    ("serve no-such-run --runs_dir {root}", "no-such-run"),
     # a runs folder that does not exist (a fresh clone, a typo in --runs_dir): no traceback from listing it
     ("evaluate last --runs_dir {files}/no-runs-here", "no runs folder"),
     ("sample last --runs_dir {files}/no-runs-here", "no runs folder"),
@@ -456,7 +472,7 @@ def test_there_are_at_least_eighty_cases_across_every_command() -> None:
     assert len(CASES) + len(DASHBOARD_CASES) >= 80
     commands = {_values(c)[0].split()[0] for c in CASES}
     assert commands >= {"fit", "quickstart", "runs", "sample", "evaluate", "compress", "export", "doctor", "plan",
-                        "launch", "sweep"}
+                        "launch", "sweep", "serve"}
 
 
 @pytest.mark.slow

@@ -28,6 +28,7 @@ from test_dashboard_data import add_running_run
 from lab import jobs
 from lab.config import load_config, to_yaml
 from lab.fileio import write_json
+from lab.ports import free_port
 from lab.runs import list_runs, resolve_run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -394,12 +395,6 @@ def test_lab_dashboard_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- real browser, `lab dashboard`
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _chromium() -> str:
     """Debian's chromium; missing, the browser tests skip -- except under CI, where they fail."""
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
@@ -431,7 +426,7 @@ def server(bad_root, tmp_path_factory: pytest.TempPathFactory):
     pytest.importorskip("playwright.sync_api")
     root, _ = bad_root
     cwd = tmp_path_factory.mktemp("elsewhere")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k != "LAB_RUNS_DIR" and not k.startswith("STREAMLIT_")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p))
     log_path = cwd / "dashboard.log"

@@ -13,7 +13,6 @@ import json
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +23,7 @@ import torch
 
 from lab import runs
 from lab.launch import torchrun_commands
+from lab.ports import free_port
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,12 +38,6 @@ float32 rounding of the averaged gradient more than seed-mlp's SGD does (measure
 
 def _env(**extra: str) -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run(out: Path, runs_dir: Path, *overrides: str, timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
@@ -102,7 +96,7 @@ def test_two_process_ddp_fine_tunes_lora_adapters(tmp_path: Path) -> None:
 
 
 def test_two_torchrun_nodes_on_loopback_train_together(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     lines = torchrun_commands(["lab", "fit", *SMALL, "--data.batch_size", "16"], nodes=2, gpus_per_node=1,
                               master_addr="127.0.0.1", master_port=port)
     procs = []
@@ -161,7 +155,7 @@ def test_rank_0_failing_to_prepare_data_stops_every_torchrun_rank_at_once(tmp_pa
     """Not after the collective timeout (120 s here): rank 0 tells the others why it stopped."""
     log = tmp_path / "torchrun.log"
     argv = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(SCRIPT), str(tmp_path / "out"),
+            "--master_addr=127.0.0.1", f"--master_port={free_port()}", str(SCRIPT), str(tmp_path / "out"),
             str(tmp_path / "runs"), *SMALL, "--data.batch_size", "16", "--trainer.collective_timeout_s", "120"]
     start = time.time()
     with log.open("w") as f:

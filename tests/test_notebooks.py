@@ -24,6 +24,7 @@ import pytest
 
 from lab import runs
 from lab.config import flatten, load_config
+from lab.ports import free_port
 from lab.widgets.workshop import tiny
 
 NOTEBOOKS_DIR = Path(__file__).resolve().parents[1] / "notebooks"
@@ -339,15 +340,9 @@ def test_notebook_runs_top_to_bottom_in_small_mode(path: Path, tmp_path: Path, m
     assert not warned, warned[0][:500]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_jupyterlab_serves_the_notebooks(tmp_path: Path) -> None:
-    port, token = _free_port(), "lab-test-token"
+    port, token = free_port(), "lab-test-token"
     env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime"), "JUPYTER_CONFIG_DIR": str(tmp_path / "config")}
     proc = subprocess.Popen(
         [sys.executable, "-m", "jupyterlab", "--no-browser", "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}",

@@ -21,6 +21,7 @@ from lab.data.tokenizers import CharTokenizer
 from lab.families import FAMILIES, family, register, unregister
 from lab.families.record import ModelFamily, Servable
 from lab.models.gpt import GPT, GPTConfig
+from lab.ports import free_port
 from lab.serve import ServeConfig, scrape, start
 from lab.serve.batching import Batcher, OneShot
 from lab.serve.generation import Completion, _advance
@@ -299,7 +300,7 @@ def test_client_says_down_and_why_when_nothing_listens():
     from lab.errors import LabError
     from lab.serve import client as sc
 
-    url = f"http://127.0.0.1:{sc.free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     assert sc.health(url)["status"] == "down"
     with pytest.raises(LabError, match="did not answer"):
         sc.complete(url, "m", "hello", timeout=5)
@@ -865,3 +866,4 @@ def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode is not None
     assert out.count('"POST /predict HTTP/1.1" 200') == 6, out[-2000:]  # --access-log reaches every worker
+

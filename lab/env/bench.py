@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-import socket
 import statistics
 import tempfile
 import time
@@ -29,6 +28,7 @@ import torch
 from lab.env import peak
 from lab.env.peak import best_seconds, device_sync
 from lab.fileio import default_cache_dir, write_json
+from lab.ports import free_port
 
 
 def memory_bandwidth(device: str = "cpu", nbytes: int = 256 * 2**20, seconds: float = 0.3) -> float:
@@ -48,13 +48,6 @@ def host_to_device_bandwidth(nbytes: int = 256 * 2**20, seconds: float = 0.3) ->
     dst.copy_(src)
     torch.cuda.synchronize()
     return nbytes / best_seconds(lambda: dst.copy_(src, non_blocking=True), seconds, torch.cuda.synchronize)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _allreduce_worker(rank: int, world: int, port: int, backend: str, nbytes: int, out: str) -> None:

@@ -72,17 +72,23 @@ def serve(cfg: ServeConfig) -> int:
 
 
 def check(cfg: ServeConfig) -> ServeConfig:
-    """Refuse, before a server starts, bad options, a run that does not exist or an artifact not made yet.
+    """Refuse, before a server starts, bad options, an address this machine cannot listen on, a run or a
+    checkpoint that does not exist, or an artifact not made yet.
 
     -> ``cfg`` with ``run`` as the ``<experiment>/<run_id>`` it names now: "last" or a bare id is resolved
     once, so a run that finishes while the model loads does not change what is served (in any worker).
     """
     from lab.compress.artifacts import artifact_file
+    from lab.evaluate import existing_checkpoint, run_config
+    from lab.ports import check_listen
     from lab.runs import resolve_run
     from lab.serve.loaded import ONNX_FILES
 
     cfg.validate()
+    check_listen(cfg.host, cfg.port)
     run = resolve_run(cfg.run, cfg.runs_dir)
+    run_config(run)
+    existing_checkpoint(run, cfg.ckpt)  # every artifact loads it too: the config, the tokenizer, the fp32 weights
     if cfg.artifact != "fp32":
         artifact_file(run, cfg.artifact, ONNX_FILES.get(cfg.artifact, "report.json"))
     return dataclasses.replace(cfg, run=run.name)

@@ -14,23 +14,13 @@ What the dashboard's Serve page and notebook 13 use, so the page stays a thin vi
 from __future__ import annotations
 
 import json
-import socket
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 from lab.errors import LabError
-
-HOST = "127.0.0.1"
-"""Servers started here listen on this machine only."""
-
-
-def free_port(host: str = HOST) -> int:
-    """A TCP port nothing listens on right now (the OS picks it)."""
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+from lab.ports import LOOPBACK, free_port
 
 
 def _request(url: str, body: Any = None, api_key: str | None = None, timeout: float = 10.0) -> tuple[int, Any]:
@@ -190,7 +180,7 @@ def _server_of(job: Any) -> dict[str, Any]:
     args = job.args
     port = int(args[args.index("--port") + 1])
     artifact = args[args.index("--artifact") + 1] if "--artifact" in args else "fp32"
-    return {"job": job, "run": args[1], "port": port, "artifact": artifact, "url": f"http://{HOST}:{port}"}
+    return {"job": job, "run": args[1], "port": port, "artifact": artifact, "url": f"http://{LOOPBACK}:{port}"}
 
 
 def servers(root: str | Path | None, run: str | None = None) -> list[dict[str, Any]]:
