@@ -327,8 +327,9 @@ def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
 
     cfg = ServeConfig(run=args.run, artifact=args.artifact, ckpt=args.ckpt, runs_dir=args.runs_dir, host=args.host,
                       port=args.port, workers=args.workers, api_key=args.api_key, model_name=args.model_name,
-                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, max_tokens=args.max_tokens,
-                      max_streams=args.max_streams, threads=args.threads, access_log=args.access_log)
+                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, join_every=args.join_every,
+                      max_tokens=args.max_tokens, max_streams=args.max_streams,
+                      threads=args.threads, access_log=args.access_log)
     return serve(cfg)  # checks the options, the run, the artifact first: one line and exit 2 before anything loads
 
 
@@ -508,6 +509,8 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
                    help="requests batched together (default 8)")
     p.add_argument("--max-wait-ms", "--max_wait_ms", dest="max_wait_ms", type=float, default=5.0,
                    help="how long a batch waits for more requests (default 5 ms)")
+    p.add_argument("--join-every", "--join_every", dest="join_every", type=int, default=4,
+                   help="decoding steps between newcomers joining a running generation batch (default 4)")
     p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=512,
                    help="most tokens one completion may ask for (default 512)")
     p.add_argument("--max-streams", "--max_streams", dest="max_streams", type=int, default=16,

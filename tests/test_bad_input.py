@@ -367,6 +367,7 @@ CASES += [
     ("serve {gpt} --workers 0 --runs_dir {root}", "--workers 0"),
     ("serve {gpt} --max-batch-size 0 --runs_dir {root}", "--max-batch-size 0"),
     ("serve {gpt} --max-wait-ms -1 --runs_dir {root}", "--max-wait-ms"),
+    ("serve {gpt} --join-every 0 --runs_dir {root}", "--join-every 0"),
     ("serve {gpt} --max-tokens 0 --runs_dir {root}", "--max-tokens 0"),
     ("serve {gpt} --max-streams 0 --runs_dir {root}", "--max-streams 0"),
     ("serve {gpt} --threads 0 --runs_dir {root}", "--threads 0"),

@@ -867,3 +867,18 @@ def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
     assert proc.returncode is not None
     assert out.count('"POST /predict HTTP/1.1" 200') == 6, out[-2000:]  # --access-log reaches every worker
 
+
+def test_lab_serve_hands_its_batching_options_to_the_server(monkeypatch):
+    import lab.serve
+    from lab.cli import main
+    from lab.serve.app import State
+
+    seen: list[ServeConfig] = []
+    monkeypatch.setattr(lab.serve, "serve", lambda cfg: seen.append(cfg) or 0)
+    assert main(["serve", "gpt-nano/x", "--max-batch-size", "16", "--max-wait-ms", "7.5", "--join-every", "2",
+                 "--max-streams", "40", "--threads", "1"]) == 0
+    (cfg,) = seen
+    assert (cfg.max_batch_size, cfg.max_wait_ms, cfg.join_every, cfg.max_streams, cfg.threads) == (16, 7.5, 2, 40, 1)
+    state = State(cfg, tiny_lm())
+    assert (state.generator.join_every, state.generator.max_size, state.generator.max_wait_s) == (2, 16, 0.0075)
+    assert ServeConfig(run="x").join_every == 4  # the default, as `lab serve --help` says

@@ -28,7 +28,7 @@ from starlette.datastructures import Headers
 
 from lab.serve.batching import Batcher, OneShot, QueueFull
 from lab.serve.config import ServeConfig
-from lab.serve.generation import JOIN_EVERY, Completion, DecodeBatch, run_completions
+from lab.serve.generation import Completion, DecodeBatch, run_completions
 from lab.serve.metrics import CONTENT_TYPE, Metrics
 from lab.serve.predict import BadRequest, answers, collate, parse_k, parse_sample
 
@@ -69,7 +69,7 @@ class State:
                                  self.executor, size.labels(kind="predict").observe, depth.labels(kind="predict").set)
         self.generator = Batcher(self._decode_batch, cfg.max_batch_size, wait, cfg.max_queue, self.executor,
                                  size.labels(kind="generate").observe, depth.labels(kind="generate").set,
-                                 join_every=JOIN_EVERY)
+                                 join_every=cfg.join_every)
 
     def load(self) -> None:
         """Load (unless given) and warm up the model; runs on the model's thread."""

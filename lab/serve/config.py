@@ -45,7 +45,13 @@ class ServeConfig:
     """Requests run together in one forward pass (prediction), or completions decoding at once (generation)."""
     max_wait_ms: float = 5.0
     """How long the first request of a batch waits for others (a running generation batch takes newcomers in
-    every ``lab.serve.generation.JOIN_EVERY``-th decoding step, or at once when they fill it)."""
+    every ``join_every``-th decoding step, or at once when they fill it)."""
+    join_every: int = 4
+    """Decoding steps between newcomers joining a running generation batch (at once into an empty batch, or
+    when they fill it). Each joining is a prefill pass of its own, so they come in groups, as
+    text-generation-inference's max_waiting_tokens has them: 1 joins at every step (the shortest wait for
+    a newcomer, the most prefill passes). gpt-nano at concurrency 32, 3 rounds: 334-411 req/s with 4 against
+    183-391 with 1."""
     max_prompt_tokens: int = 2048
     """Longest prompt accepted, in tokens (longer ones are cropped to block_size when run)."""
     max_tokens: int = 512
@@ -68,8 +74,8 @@ class ServeConfig:
             raise LabError(f"--artifact {self.artifact}: choose one of {', '.join(ARTIFACTS)}")
         if not 0 <= self.port <= 65535:
             raise LabError(f"--port {self.port}: give a TCP port in [0, 65535] (0 = any free one)")
-        for name in ("workers", "max_batch_size", "max_prompt_tokens", "max_tokens", "max_body_bytes", "max_streams",
-                     "max_queue"):
+        for name in ("workers", "max_batch_size", "join_every", "max_prompt_tokens", "max_tokens", "max_body_bytes",
+                     "max_streams", "max_queue"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) >= 1):
                 raise LabError(f"--{name.replace('_', '-')} {getattr(self, name)}: give a whole number >= 1")
         if not self.max_wait_ms >= 0:
