@@ -27,11 +27,13 @@ p99 with 1 thread; digits c1 p99 7 ms against 18 ms).
    greedy, ``--tokens`` new tokens, default 16). The mean batch size comes from the server's /metrics.
    Goal: batched at concurrency 32 >= 3x the requests/s of one-at-a-time, with p99 <= 2x the
    unbatched p99 at concurrency 1. A second table sets what the p99 goal asks of a wave of 32 (answered
-   within 2x the c1 p99; by Little's law at least 16 / c1 p99 req/s) against two floors measured here:
+   within 2x the c1 p99; by Little's law at least 16 / c1 p99 req/s) against floors measured here:
    the model alone (this process, the server's code path without HTTP, timed for 1 request and for 32
    together before each pair's servers start, with ``--threads`` and with every core: the faster one),
    and the CPU the batched c32 cell spent per request, server and clients (psutil, ``time.process_time``),
-   times 32 spread over every core. A wave of 32 cannot come back sooner than either, however the server
+   times 32 spread over every core; and both together (``joint_floor``: the model is fastest with every
+   core, but then the requests' HTTP work has no core of its own; its CPU, timed alone too, counts every
+   torch thread). A wave of 32 cannot come back sooner than any of them, however the server
    schedules it. "One-at-a-time" is the unbatched server at the *same*
    concurrency 32: the same offered load, only batching differs (unbatched at concurrency 32 also
    overlaps HTTP work with the model, so it serves at least as many requests/s as at concurrency 1,
@@ -246,8 +248,9 @@ async def closed_loop(url: str, path: str, body: dict[str, Any], concurrency: in
 
 
 def model_alone(run: str, root: str, artifact: str, body: dict[str, Any],
-                args: argparse.Namespace) -> dict[tuple[int, int], float]:
-    """Milliseconds the served model itself takes for one request's work alone and for 32 requests' together.
+                args: argparse.Namespace) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], float]]:
+    """Milliseconds the served model itself takes for one request's work alone and for 32 requests' together:
+    (wall time, CPU time of this process -- every torch thread, spinning or working).
 
     In this process, on the server's code path without HTTP: ``run_completions`` for a completion (prefill
     and every decoding step), ``collate`` + forward + ``answers`` for a prediction; alternated, median of
@@ -275,18 +278,41 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any],
 
     counts = sorted({args.threads, CORES})
     times: dict[tuple[int, int], list[float]] = {(t, n): [] for t in counts for n in (1, 32)}
+    cpu: dict[tuple[int, int], list[float]] = {(t, n): [] for t in counts for n in (1, 32)}
     try:
         for _ in range(1 + args.alone_repeats):  # the first round warms up
             for threads in counts:
                 torch.set_num_threads(threads)
                 work(1)  # untimed: the first operations after a change of threads start the thread pool
                 for n in (1, 32):
-                    start = time.perf_counter()
+                    start, start_cpu = time.perf_counter(), time.process_time()
                     work(n)
                     times[(threads, n)].append((time.perf_counter() - start) * 1e3)
+                    cpu[(threads, n)].append((time.process_time() - start_cpu) * 1e3)
     finally:
         torch.set_num_threads(args.threads)
-    return {key: statistics.median(t[1:]) for key, t in times.items()}
+    return ({key: statistics.median(t[1:]) for key, t in times.items()},
+            {key: statistics.median(t[1:]) for key, t in cpu.items()})
+
+
+def joint_floor(wall: dict[int, float], cpu: dict[int, float], http_cpu: float, cores: int = CORES) -> float:
+    """The least time a wave can take when the model's work and the requests' HTTP work share the cores.
+
+    ``wall``/``cpu``: the model alone for the wave, by torch thread count; ``http_cpu``: the CPU the wave's
+    HTTP work costs beyond the model (server and clients). Any share f of the model's work may run with
+    one thread count and the rest with another; the wave lasts at least the model's time, and at least all
+    of its CPU (the model's and the HTTP work's) spread perfectly over ``cores``. -> the least of
+    max(wall, cpu / cores) over every such mix (both are linear in f, so a fine grid finds it).
+    """
+    best = float("inf")
+    for a in wall:
+        for b in wall:
+            for i in range(1001):
+                f = i / 1000
+                w = (1 - f) * wall[a] + f * wall[b]
+                c = (1 - f) * cpu[a] + f * cpu[b] + http_cpu
+                best = min(best, max(w, c / cores))
+    return best
 
 
 def batch_mean(before: dict[str, float], after: dict[str, float], kind: str) -> float:
@@ -309,7 +335,7 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
                lambda name: {"model": name, "prompt": PROMPT, "max_tokens": args.tokens, "temperature": 0})]
     for label, run, path, kind, make_body in models:
         for artifact in args.artifacts:
-            alone = model_alone(run, root, artifact, make_body(run), args)
+            alone, alone_cpu = model_alone(run, root, artifact, make_body(run), args)
             threads = sorted({t for t, _ in alone})
             print(f"  {label} {artifact} model alone: " + "; ".join(
                 f"{t} thread(s): 1 request {alone[(t, 1)]:.2f} ms, 32 together {alone[(t, 32)]:.2f} ms = "
@@ -348,24 +374,31 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
                                       "unbatched c32)", status(x32 >= BATCH_GOAL)))
             # Little's law: 32 clients that each wait p99-at-most for an answer are served >= 32 / p99 req/s.
             need = 32 / (P99_GOAL * u1["p99"] / 1e3)
-            # Two floors under a wave of 32: the model alone (the faster thread count), and the CPU the wave's
-            # requests cost the server and the clients, spread perfectly over every core.
+            # Floors under a wave of 32: the model alone (the faster thread count); the CPU the wave's requests
+            # cost the server and the clients, spread perfectly over every core; and the two together (the
+            # model is fastest on every core, but then the HTTP work has none of its own: ``joint_floor``).
             cpu = sum(b32["cpu ms"].values())
+            http_cpu = max(0.0, 32 * cpu - alone_cpu[(args.threads, 32)])  # the server's model runs --threads
+            joint = joint_floor({t: alone[(t, 32)] for t in threads}, {t: alone_cpu[(t, 32)] for t in threads},
+                                http_cpu)
             bound = {"model": label, "artifact": artifact, "c1 p99 ms": u1["p99"], "goal ms": P99_GOAL * u1["p99"],
                      "c32 p99 ms": b32["p99"], "need req/s": need, "served req/s": b32["rps"],
                      "alone 32 ms": min(alone[(t, 32)] for t in threads),
                      "alone x": min(alone[(t, 32)] / alone[(t, 1)] for t in threads),
                      "server cpu/req ms": b32["cpu ms"]["server"], "clients cpu/req ms": b32["cpu ms"]["clients"],
-                     "cpu floor ms": 32 * cpu / CORES}
+                     "cpu floor ms": 32 * cpu / CORES, "http cpu/wave ms": http_cpu, "joint floor ms": joint}
             bounds.append(bound)
             goals.append(("batching", f"{where}: batched c32 p99 {b32['p99']:.1f} ms = {p:.2f}x unbatched c1 p99 "
                                       f"({u1['p99']:.1f} ms) (goal <= 2x: needs >= {need:.0f} req/s at c32, served "
                                       f"{b32['rps']:.0f}; floors of a wave of 32: the model alone "
                                       f"{bound['alone 32 ms']:.1f} ms, its CPU on {CORES} cores "
-                                      f"{bound['cpu floor ms']:.1f} ms, against {bound['goal ms']:.1f} ms)",
+                                      f"{bound['cpu floor ms']:.1f} ms, both together {joint:.1f} ms, against "
+                                      f"{bound['goal ms']:.1f} ms)",
                           status(p <= P99_GOAL)))
             figures[where] = {f"{m} c{c}": v for (m, c), v in cell.items()}
             figures[where]["model alone ms"] = {f"{t} threads, {n} requests": v for (t, n), v in alone.items()}
+            figures[where]["model alone cpu ms"] = {f"{t} threads, {n} requests": v
+                                                    for (t, n), v in alone_cpu.items()}
     # int8 against fp32, same server kind and concurrency
     if "fp32" in args.artifacts and "int8-dynamic" in args.artifacts:
         by = {(r["model"], r["artifact"], r["server"], r["conc"]): r for r in rows}
