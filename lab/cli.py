@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from lab.errors import LabError
+from lab.ports import LOOPBACK
 
 DEFAULT_CONFIG = "gpt-nano"
 PRESETS = Path(__file__).parent / "configs"
@@ -490,7 +491,7 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--bench", action="store_true",
                    help="also measure matmul, memory bandwidth and all-reduce (seconds); caches the CPU peak for MFU")
     p = add("dashboard", "Start the dashboard (Streamlit) on 127.0.0.1, over the runs of --runs_dir.", cmd_dashboard)
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only)")
     p.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
     p = add("serve", "Serve a run over HTTP: OpenAI-compatible /v1/completions for language models, /predict for "
             "the others, /health and Prometheus /metrics.", cmd_serve)
@@ -498,7 +499,7 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--artifact", default="fp32", help="fp32 (the checkpoint) or a compressed artifact: int8-dynamic, "
                    "prune, prune-structured, distill, onnx, onnx-int8")
     p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
     p.add_argument("--api-key", "--api_key", dest="api_key", default=None,

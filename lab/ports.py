@@ -10,6 +10,7 @@ that is not this machine's is one line and exit 2, not a traceback from the serv
 
 from __future__ import annotations
 
+import os
 import socket
 
 from lab.errors import LabError
@@ -26,16 +27,24 @@ def free_port(host: str = LOOPBACK) -> int:
 
 
 def check_listen(host: str, port: int) -> None:
-    """Refuse, in one line, a ``host:port`` this machine cannot listen on now (taken, or not its address)."""
+    """Refuse, in one line, a ``host:port`` this machine cannot listen on now (taken, or not its address).
+
+    Binds every address ``host`` resolves to, as asyncio's ``create_server`` (uvicorn) will, with the same
+    socket options, then lets go.
+    """
     try:  # resolve as the server will (a name, an IPv4 or an IPv6 address)
-        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except (socket.gaierror, UnicodeError) as e:
         raise LabError(f"--host {host}: not an address or a name this machine resolves ({e}): give an address "
                        f"of this machine, e.g. {LOOPBACK} (the default)") from None
-    with socket.socket(family, kind, proto) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the server will: TIME_WAIT is no conflict
-        try:
-            s.bind(addr)
-        except OSError as e:
-            raise LabError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port, or "
-                           "--host with an address of this machine") from None
+    for family, kind, proto, _, addr in found:
+        with socket.socket(family, kind, proto) as s:
+            if os.name == "posix":  # as asyncio: TIME_WAIT is no conflict (on Windows it would share a taken port)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:  # as asyncio: "::" does not also take the IPv4 port
+                s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                s.bind(addr)
+            except OSError as e:
+                raise LabError(f"cannot listen on {host}:{port} ({e.strerror}): pass another --port, or "
+                               "--host with an address of this machine") from None

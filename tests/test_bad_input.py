@@ -413,6 +413,11 @@ def test_bad_input_is_refused_cleanly(line: str, needle: str, expected: int, wor
     monkeypatch.chdir(Path(world["files"]))
     argv = line.format(**world).split()
     before = tree_hash(root)
+
+    def listen(*args: Any, **kwargs: Any) -> None:  # a serve line that got through would listen until killed
+        raise AssertionError(f"{line}: a server started")
+
+    monkeypatch.setattr("uvicorn.run", listen)
     try:
         code = main(argv)
     except SystemExit as e:  # argparse's own refusals

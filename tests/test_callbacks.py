@@ -23,4 +23,3 @@ def test_a_step_bounded_run_names_its_epoch_without_a_negative_total(tmp_path: P
     out = capsys.readouterr()
     shown = re.findall(r"Epoch [0-9/-]+", out.out + out.err)
     assert shown and set(shown) == {"Epoch 0"}  # Lightning 2.6's own bar printed "Epoch 0/-2" here
-

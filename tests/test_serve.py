@@ -759,7 +759,6 @@ def test_batcher_lets_newcomers_join_a_running_batch_every_few_steps_only():
 @pytest.mark.slow
 def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
@@ -793,9 +792,7 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
                           "--artifact", "onnx-int8"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "no onnx-int8 artifact yet" in bad.stderr
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", "last", "--runs_dir", str(tmp_path),
                              "--port", str(port), "--api-key", KEY], env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -822,7 +819,6 @@ def test_serve_a_trained_run_its_int8_artifact_and_the_cli(tmp_path):
 @pytest.mark.slow
 def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
     import os
-    import socket
     import subprocess
     import sys
 
@@ -835,9 +831,7 @@ def test_lab_serve_workers_each_load_the_digits_run_and_answer_a_png(tmp_path):
     cfg = load_config("digits-cnn", {"trainer.max_steps": 6, "trainer.val_check_interval": 3,
                                      "trainer.limit_val_batches": 1, "trainer.accelerator": "cpu"})
     run = fit(cfg, runs_root=tmp_path, progress=False, test=False)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "lab.cli", "serve", run.name, "--runs_dir", str(tmp_path),
                              "--port", str(port), "--workers", "2", "--access-log"],
                             env={**os.environ, "PYTHONUNBUFFERED": "1"},

@@ -85,12 +85,12 @@ def check(cfg: ServeConfig) -> ServeConfig:
     from lab.serve.loaded import ONNX_FILES
 
     cfg.validate()
-    check_listen(cfg.host, cfg.port)
     run = resolve_run(cfg.run, cfg.runs_dir)
     run_config(run)
     existing_checkpoint(run, cfg.ckpt)  # every artifact loads it too: the config, the tokenizer, the fp32 weights
     if cfg.artifact != "fp32":
         artifact_file(run, cfg.artifact, ONNX_FILES.get(cfg.artifact, "report.json"))
+    check_listen(cfg.host, cfg.port)  # last: of these facts, the one most likely to change by the time it listens
     return dataclasses.replace(cfg, run=run.name)
 
 
@@ -130,12 +130,14 @@ def start(cfg: ServeConfig, served: Any = None, timeout: float = 60.0) -> Runnin
     """Start a server in a background thread of this process (``cfg.port`` 0 = a free port); returns once it listens."""
     import uvicorn
 
+    from lab.ports import check_listen
     from lab.serve.app import create_app
 
     if served is None:
         cfg = check(cfg)
     else:
         cfg.validate()
+        check_listen(cfg.host, cfg.port)
     app = create_app(cfg, served)
     server = uvicorn.Server(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning",
                                            timeout_graceful_shutdown=5))

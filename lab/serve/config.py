@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from lab.errors import LabError
+from lab.ports import LOOPBACK
 
 ARTIFACTS = ("fp32", "int8-dynamic", "prune", "prune-structured", "distill", "onnx", "onnx-int8")
 """What can be served: the run's own checkpoint (``fp32``) or an artifact of ``lab compress``.
@@ -31,7 +32,7 @@ class ServeConfig:
     """``fp32``: which checkpoint (best, last or a path)."""
     runs_dir: str | None = None
     """The runs root (default: as every lab command finds it)."""
-    host: str = "127.0.0.1"
+    host: str = LOOPBACK
     """Address to listen on; 127.0.0.1 = this machine only. 0.0.0.0 opens it to the network."""
     port: int = 8000
     """TCP port; 0 = any free port (the started server reports which)."""
