@@ -33,8 +33,8 @@ p99 with 1 thread; digits c1 p99 7 ms against 18 ms).
    and the CPU the batched c32 cell spent per request, server and clients (psutil, ``time.process_time``),
    times 32 spread over every core; and both together (``joint_floor``: the model is fastest with every
    core, but then the requests' HTTP work has no core of its own; its CPU, timed alone too, counts every
-   torch thread). A wave of 32 cannot come back sooner than any of them, however the server
-   schedules it. "One-at-a-time" is the unbatched server at the *same*
+   torch thread, spinning or working). A wave of 32 cannot come back sooner than any of them, however the
+   server schedules it (with torch's threads as it runs them). "One-at-a-time" is the unbatched server at the *same*
    concurrency 32: the same offered load, only batching differs (unbatched at concurrency 32 also
    overlaps HTTP work with the model, so it serves at least as many requests/s as at concurrency 1,
    and the ratio against it is the stricter one; the ratio against concurrency 1 is printed too).
@@ -61,7 +61,6 @@ import asyncio
 import json
 import logging
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -82,6 +81,7 @@ import torch  # noqa: E402
 
 from benchmarks.scenarios import finish, load, status, table  # noqa: E402  (the same table, verdicts and load line)
 from lab.env.probe import cpu_line  # noqa: E402
+from lab.ports import free_port  # noqa: E402
 
 BATCH_GOAL = 3.0
 """Batched requests/s at concurrency 32 over one-at-a-time's."""
@@ -138,12 +138,6 @@ def prepare_runs(args: argparse.Namespace, folder: Path) -> tuple[str, str, str]
 
 
 # --------------------------------------------------------------------------- servers
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Server:
@@ -295,23 +289,26 @@ def model_alone(run: str, root: str, artifact: str, body: dict[str, Any],
             {key: statistics.median(t[1:]) for key, t in cpu.items()})
 
 
-def joint_floor(wall: dict[int, float], cpu: dict[int, float], http_cpu: float, cores: int = CORES) -> float:
-    """The least time a wave can take when the model's work and the requests' HTTP work share the cores.
+def joint_floor(wall: dict[int, float], cpu: dict[int, float], other_cpu: float, cores: int = CORES) -> float:
+    """The least time a wave can take when the model's work and the rest of the requests' work share the cores.
 
-    ``wall``/``cpu``: the model alone for the wave, by torch thread count; ``http_cpu``: the CPU the wave's
-    HTTP work costs beyond the model (server and clients). Any share f of the model's work may run with
-    one thread count and the rest with another; the wave lasts at least the model's time, and at least all
-    of its CPU (the model's and the HTTP work's) spread perfectly over ``cores``. -> the least of
-    max(wall, cpu / cores) over every such mix (both are linear in f, so a fine grid finds it).
+    ``wall``/``cpu``: the model alone for the wave, by torch thread count (its CPU counts every torch thread,
+    spinning or working: a floor for torch as the server runs it); ``other_cpu``: the CPU the wave costs
+    beyond the model alone (HTTP, server and clients). Any share f of the model's work may run with one
+    thread count and the rest with another; the wave lasts at least the model's time, and at least all of
+    its CPU spread perfectly over ``cores``. -> the least of max(wall, cpu / cores) over every such mix.
     """
     best = float("inf")
     for a in wall:
         for b in wall:
-            for i in range(1001):
-                f = i / 1000
-                w = (1 - f) * wall[a] + f * wall[b]
-                c = (1 - f) * cpu[a] + f * cpu[b] + http_cpu
-                best = min(best, max(w, c / cores))
+            w0, w1 = wall[a], wall[b]
+            c0, c1 = (cpu[a] + other_cpu) / cores, (cpu[b] + other_cpu) / cores
+            # Both are linear in f, so the larger is least at an end, or where the two cross.
+            shares = [0.0, 1.0]
+            slope = (w1 - w0) - (c1 - c0)
+            if slope and 0 <= (c0 - w0) / slope <= 1:
+                shares.append((c0 - w0) / slope)
+            best = min(best, *(max(w0 + f * (w1 - w0), c0 + f * (c1 - c0)) for f in shares))
     return best
 
 
@@ -378,15 +375,15 @@ def batching(args: argparse.Namespace, gpt: str, digits: str, root: str) -> tupl
             # cost the server and the clients, spread perfectly over every core; and the two together (the
             # model is fastest on every core, but then the HTTP work has none of its own: ``joint_floor``).
             cpu = sum(b32["cpu ms"].values())
-            http_cpu = max(0.0, 32 * cpu - alone_cpu[(args.threads, 32)])  # the server's model runs --threads
+            other_cpu = max(0.0, 32 * cpu - alone_cpu[(args.threads, 32)])  # the server's model runs --threads
             joint = joint_floor({t: alone[(t, 32)] for t in threads}, {t: alone_cpu[(t, 32)] for t in threads},
-                                http_cpu)
+                                other_cpu)
             bound = {"model": label, "artifact": artifact, "c1 p99 ms": u1["p99"], "goal ms": P99_GOAL * u1["p99"],
                      "c32 p99 ms": b32["p99"], "need req/s": need, "served req/s": b32["rps"],
                      "alone 32 ms": min(alone[(t, 32)] for t in threads),
                      "alone x": min(alone[(t, 32)] / alone[(t, 1)] for t in threads),
                      "server cpu/req ms": b32["cpu ms"]["server"], "clients cpu/req ms": b32["cpu ms"]["clients"],
-                     "cpu floor ms": 32 * cpu / CORES, "http cpu/wave ms": http_cpu, "joint floor ms": joint}
+                     "cpu floor ms": 32 * cpu / CORES, "other cpu/wave ms": other_cpu, "joint floor ms": joint}
             bounds.append(bound)
             goals.append(("batching", f"{where}: batched c32 p99 {b32['p99']:.1f} ms = {p:.2f}x unbatched c1 p99 "
                                       f"({u1['p99']:.1f} ms) (goal <= 2x: needs >= {need:.0f} req/s at c32, served "
