@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -177,6 +178,9 @@ def dashboard_page(monkeypatch: pytest.MonkeyPatch) -> Callable[..., Any]:
     from streamlit.testing.v1 import AppTest
 
     repo = Path(__file__).resolve().parents[1]
+    # AppTest leaves sys.modules["__main__"] as the last page it ran; a later test that spawns processes
+    # (multiprocessing re-imports __main__ in the child) would run that page there. Put it back after.
+    monkeypatch.setitem(sys.modules, "__main__", sys.modules["__main__"])
 
     def open_page(root: Path | None, page: str | None = None, **query: str) -> AppTest:
         if root is not None:
