@@ -333,7 +333,7 @@ def run_labels(names: Sequence[str]) -> dict[str, str]:
     """Short legend labels that tell runs apart: ``<experiment> · <id suffix>``.
 
     Run names share long prefixes (``seed-mlp/20261128-1200...``) and a legend truncates the
-    end of a label, so the random suffix of the run id goes in the part shown; when even those
+    end of a label, so the run id's hex suffix goes in the part shown; when even those
     collide (or a folder was named by hand) the full name is the label.
     """
     short = {n: f"{n.split('/')[0]} · {n.rsplit('-', 1)[-1]}" if "/" in n else n for n in names}

@@ -214,11 +214,29 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _next_run_id(base: Path) -> str:
+    """``<UTC second>-<4 hex digits>``, sorting after every run already started in that second.
+
+    Runs are listed, and ``last`` resolved, by id. With a random suffix, runs begun within
+    the same second (a sweep's tiny trials, two quick ``lab fit``) listed in a random order,
+    so ``last`` could name an older one. The suffix is random (two processes rarely pick the
+    same) but above the second's highest, in any experiment; when a second is full it waits.
+    """
+    while True:
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+        taken = [int(d.name[-4:], 16) for d in base.glob(f"*/{stamp}-*") if re.fullmatch(r"[0-9a-f]{4}", d.name[-4:])]
+        low = max(taken, default=-1) + 1
+        if low < 0x10000:
+            return f"{stamp}-{low + secrets.randbelow(min(0x1000, 0x10000 - low)):04x}"
+        time.sleep(0.05)  # pragma: no cover - 4096 or more runs begun in one second
+
+
 def create_run(root: str | Path | None, experiment: str, config: dict[str, Any]) -> Run:
     """Make a fresh ``runs/<experiment>/<run_id>/`` and write its config.yaml.
 
-    The id is a UTC timestamp plus random hex; the folder is made with an exclusive
-    ``mkdir`` so two runs started at the same moment never share a folder.
+    The id is a UTC timestamp plus hex that orders runs begun in the same second
+    (``_next_run_id``); the folder is made with an exclusive ``mkdir`` so two runs started
+    at the same moment never share a folder.
     """
     base = runs_root(root)
     if base.exists() and not base.is_dir():
@@ -229,7 +247,7 @@ def create_run(root: str | Path | None, experiment: str, config: dict[str, Any])
     except OSError as e:
         raise LabError(f"cannot create {exp_dir}: {e.strerror}; choose a writable runs folder (LAB_RUNS_DIR)")
     for _ in range(100):
-        run_id = f"{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+        run_id = _next_run_id(base)
         try:
             (exp_dir / run_id).mkdir()
         except FileExistsError:

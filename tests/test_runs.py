@@ -49,7 +49,19 @@ def test_list_and_resolve(tmp_path: Path) -> None:
     assert {r.name for r in runs.list_runs(tmp_path)} == {a.name, b.name}
     assert runs.resolve_run(a.name, tmp_path).path == a.path.resolve()
     assert runs.resolve_run(b.run_id, tmp_path).path == b.path.resolve()
-    assert runs.resolve_run("last", tmp_path).path in (a.path, b.path)
+    assert runs.resolve_run("last", tmp_path).path == b.path.resolve()
+
+
+def test_runs_begun_in_one_second_list_in_the_order_they_began(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    # A sweep's tiny trials and its "train it again" run can start within the same second;
+    # `last` must then be the newest, not whichever random suffix sorts highest.
+    frozen = runs.time.gmtime(1_800_000_000)
+    monkeypatch.setattr(runs.time, "gmtime", lambda *_: frozen)
+    begun = [runs.create_run(tmp_path, exp, {}) for exp in ["sweep", "other", "sweep"] * 8]
+    assert len({r.run_id[:15] for r in begun}) == 1  # one second for all of them
+    assert [r.name for r in runs.list_runs(tmp_path)] == [r.name for r in begun]
+    assert runs.resolve_run("last", tmp_path).path == begun[-1].path.resolve()
 
 
 @pytest.mark.parametrize("name", ["last", "a/123", "123"])
