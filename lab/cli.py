@@ -324,13 +324,12 @@ def cmd_dashboard(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_serve(args: argparse.Namespace, overrides: list[str]) -> int:
+    import dataclasses
+
     from lab.serve import ServeConfig, serve
 
-    cfg = ServeConfig(run=args.run, artifact=args.artifact, ckpt=args.ckpt, runs_dir=args.runs_dir, host=args.host,
-                      port=args.port, workers=args.workers, api_key=args.api_key, model_name=args.model_name,
-                      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms, join_every=args.join_every,
-                      max_tokens=args.max_tokens, max_streams=args.max_streams,
-                      threads=args.threads, access_log=args.access_log)
+    given = vars(args)  # the serve options are named as ServeConfig's fields; the rest keep its defaults
+    cfg = ServeConfig(**{f.name: given[f.name] for f in dataclasses.fields(ServeConfig) if f.name in given})
     return serve(cfg)  # checks the options, the run, the artifact first: one line and exit 2 before anything loads
 
 
@@ -496,27 +495,31 @@ def build_parser(fit_epilog: str | None = None) -> argparse.ArgumentParser:
     p = add("serve", "Serve a run over HTTP: OpenAI-compatible /v1/completions for language models, /predict for "
             "the others, /health and Prometheus /metrics.", cmd_serve)
     p.add_argument("run", help="run as <experiment>/<run_id>, a run id, a path or 'last'")
-    p.add_argument("--artifact", default="fp32", help="fp32 (the checkpoint) or a compressed artifact: int8-dynamic, "
-                   "prune, prune-structured, distill, onnx, onnx-int8")
-    p.add_argument("--ckpt", default="best", help="best, last, or a checkpoint path")
-    p.add_argument("--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK}: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own model (default 1)")
-    p.add_argument("--api-key", "--api_key", dest="api_key", default=None,
+    from lab.serve.config import ServeConfig
+
+    d = ServeConfig(run="")  # the one home of serve's defaults
+    p.add_argument("--artifact", default=d.artifact, help="fp32 (the checkpoint) or a compressed artifact: "
+                   "int8-dynamic, prune, prune-structured, distill, onnx, onnx-int8")
+    p.add_argument("--ckpt", default=d.ckpt, help="best, last, or a checkpoint path")
+    p.add_argument("--host", default=d.host, help=f"address to listen on (default {d.host}: this machine only)")
+    p.add_argument("--port", type=int, default=d.port, help=f"TCP port (default {d.port})")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help=f"server processes, each with its own model (default {d.workers})")
+    p.add_argument("--api-key", "--api_key", dest="api_key", default=d.api_key,
                    help="require 'Authorization: Bearer KEY' on every endpoint but /health")
-    p.add_argument("--model-name", "--model_name", dest="model_name", default=None,
+    p.add_argument("--model-name", "--model_name", dest="model_name", default=d.model_name,
                    help="the model's name in the API (default: the run's name)")
-    p.add_argument("--max-batch-size", "--max_batch_size", dest="max_batch_size", type=int, default=8,
-                   help="requests batched together (default 8)")
-    p.add_argument("--max-wait-ms", "--max_wait_ms", dest="max_wait_ms", type=float, default=5.0,
-                   help="how long a batch waits for more requests (default 5 ms)")
-    p.add_argument("--join-every", "--join_every", dest="join_every", type=int, default=4,
-                   help="decoding steps between newcomers joining a running generation batch (default 4)")
-    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=512,
-                   help="most tokens one completion may ask for (default 512)")
-    p.add_argument("--max-streams", "--max_streams", dest="max_streams", type=int, default=16,
-                   help="completions in flight at once; more get 429 (default 16)")
-    p.add_argument("--threads", type=int, default=None, help="torch threads for the model (default: torch's)")
+    p.add_argument("--max-batch-size", "--max_batch_size", dest="max_batch_size", type=int, default=d.max_batch_size,
+                   help=f"requests batched together (default {d.max_batch_size})")
+    p.add_argument("--max-wait-ms", "--max_wait_ms", dest="max_wait_ms", type=float, default=d.max_wait_ms,
+                   help=f"how long a batch waits for more requests (default {d.max_wait_ms:g} ms)")
+    p.add_argument("--join-every", "--join_every", dest="join_every", type=int, default=d.join_every,
+                   help=f"decoding steps between newcomers joining a running generation batch (default {d.join_every})")
+    p.add_argument("--max-tokens", "--max_tokens", dest="max_tokens", type=int, default=d.max_tokens,
+                   help=f"most tokens one completion may ask for (default {d.max_tokens})")
+    p.add_argument("--max-streams", "--max_streams", dest="max_streams", type=int, default=d.max_streams,
+                   help=f"completions in flight at once; more get 429 (default {d.max_streams})")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads for the model (default: torch's)")
     p.add_argument("--access-log", "--access_log", dest="access_log", action="store_true",
                    help="print one line per request (default: off; errors are printed either way)")
     p = add("plan", "Estimate memory per device, FLOPs and time for training a config, and recommend a setup.",

@@ -224,7 +224,7 @@ def _next_run_id(base: Path) -> str:
     """
     while True:
         stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
-        taken = [int(d.name[-4:], 16) for d in base.glob(f"*/{stamp}-*") if re.fullmatch(r"[0-9a-f]{4}", d.name[-4:])]
+        taken = [int(d.name[-4:], 16) for d in base.glob(f"*/{stamp}-" + "[0-9a-f]" * 4)]
         low = max(taken, default=-1) + 1
         if low < 0x10000:
             return f"{stamp}-{low + secrets.randbelow(min(0x1000, 0x10000 - low)):04x}"

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lab.errors import LabError
+from lab.ports import check_listen
 from lab.serve.config import ARTIFACTS, ServeConfig
 
 CONFIG_ENV = "LAB_SERVE_CONFIG"
@@ -80,7 +81,6 @@ def check(cfg: ServeConfig) -> ServeConfig:
     """
     from lab.compress.artifacts import artifact_file
     from lab.evaluate import existing_checkpoint, run_config
-    from lab.ports import check_listen
     from lab.runs import resolve_run
     from lab.serve.loaded import ONNX_FILES
 
@@ -130,7 +130,6 @@ def start(cfg: ServeConfig, served: Any = None, timeout: float = 60.0) -> Runnin
     """Start a server in a background thread of this process (``cfg.port`` 0 = a free port); returns once it listens."""
     import uvicorn
 
-    from lab.ports import check_listen
     from lab.serve.app import create_app
 
     if served is None:
