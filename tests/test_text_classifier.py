@@ -4,7 +4,6 @@ from pooling over padded texts to a pretrained backbone, fit, evaluate, compress
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

@@ -11,7 +11,6 @@ from lab import runs
 from lab.callbacks import Throughput
 from lab.config import list_presets, load_config
 from lab.errors import ConfigError
-from lab.models.gpt import GPT, GPTConfig
 from lab.widgets import HyperparameterPanel, RunComparer, workshop
 from lab.widgets.compare import common_tags, config_diff, diff_html, overlay_png
 from lab.widgets.live import LiveFeed, chart_png, series
